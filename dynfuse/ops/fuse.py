@@ -1,0 +1,98 @@
+"""``dynamic_fuse``: the public fusion op and its backend dispatch."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from .lean import lean_fuse
+from .reference import reference_fuse
+from .validation import check_activation, check_backend, validate_fusion_inputs
+
+
+def triton_interpreting() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors (slowly)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` (possibly "auto") to the concrete backend used for tensors on ``device``.
+
+    "auto" picks Triton for CUDA tensors when Triton imports, and for any tensors when
+    ``TRITON_INTERPRET=1``; otherwise the lean "torch" path.
+    """
+    check_backend(backend)
+    if backend != "auto":
+        return backend
+    if triton_importable() and (device.type == "cuda" or triton_interpreting()):
+        return "triton"
+    return "torch"
+
+
+def _autocast_inputs(
+    side5: torch.Tensor, sides: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Under autocast the op runs in the autocast dtype (float32 accumulation inside).
+
+    Heads produce their maps from different layers (convolutions give the autocast dtype, some norm
+    and resize layers give float32), so the op casts all three inputs to one dtype instead of failing.
+    """
+    if not isinstance(side5, torch.Tensor) or not side5.dtype.is_floating_point:
+        return side5, sides, weights
+    device_type = side5.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return side5, sides, weights
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, torch.Tensor) and t.dtype.is_floating_point and t.dtype != torch.float64:
+            return t.to(dtype)
+        return t
+
+    return cast(side5), cast(sides), cast(weights)
+
+
+def dynamic_fuse(
+    side5: torch.Tensor,
+    sides: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    activation: str | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Weighted multiply and category-wise sum of DFF (Eq. 3 with learned weights).
+
+    ``fused[b, k] = sum_j a(w)[b, k, j] * x[b, k, j]`` with ``x[b, k, :] = (side5[b, k], sides[b, 0],
+    ..., sides[b, S-1])``: the order of the paper's shared concatenation.
+
+    Args:
+        side5: (B, K, H, W) class responses; float32, bfloat16 or float16 (float64 for checks).
+        sides: (B, S, H, W) shared low-level responses, S >= 1, broadcast over the K classes.
+        weights: (B, K, S+1, H, W) location-adaptive, (B, K, S+1) location-invariant or (K, S+1)
+            fixed weights. A flat learner output (B, K*(S+1), H, W) reshapes to the first form.
+        activation: None (the paper's choice) or "softmax" over the S+1 weights of each class and
+            location.
+        backend: "auto", "triton", "torch" (lean) or "reference" (the literal concatenation).
+
+    Returns:
+        (B, K, H, W) in side5's dtype, accumulated in float32. Under ``torch.autocast`` all inputs are
+        first cast to the autocast dtype.
+    """
+    check_backend(backend)
+    check_activation(activation)
+    side5, sides, weights = _autocast_inputs(side5, sides, weights)
+    form = validate_fusion_inputs(side5, sides, weights)
+    chosen = resolve_backend(backend, side5.device)
+    if chosen == "reference":
+        return reference_fuse(side5, sides, weights, form, activation)
+    if chosen == "triton":
+        from .triton_backend import triton_fuse
+
+        return triton_fuse(side5, sides, weights, form, activation)
+    return lean_fuse(side5, sides, weights, form, activation)
