@@ -1,5 +1,31 @@
-"""dynfuse: Dynamic Feature Fusion (DFF) for semantic edge detection."""
+"""dynfuse: Dynamic Feature Fusion (DFF) for semantic edge detection.
+
+The fusion op (:func:`dynamic_fuse`), the DFF layers, and heads that sit on any backbone.
+"""
+
+from .heads import CASENetHead, DFFHead, DFFOutput
+from .layers import (
+    DynamicFusion,
+    FixedFusion,
+    LocationAdaptiveLearner,
+    LocationInvariantLearner,
+    SharedConcat,
+    SideNormBlock,
+)
+from .ops import dynamic_fuse
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "CASENetHead",
+    "DFFHead",
+    "DFFOutput",
+    "DynamicFusion",
+    "FixedFusion",
+    "LocationAdaptiveLearner",
+    "LocationInvariantLearner",
+    "SharedConcat",
+    "SideNormBlock",
+    "__version__",
+    "dynamic_fuse",
+]

@@ -41,9 +41,10 @@ def _reduce_products(
     s = sides.shape[1]
     if form == "adaptive":
         out = torch.empty((b, k, s + 1, h, w), dtype=g.dtype, device=g.device)
-        torch.mul(g, side5, out=out[:, :, 0])
+        # Slice assignment rather than out= on a strided view: torch.compile cannot trace the latter.
+        out[:, :, 0] = g * side5
         for j in range(s):
-            torch.mul(g, sides[:, j : j + 1], out=out[:, :, j + 1])
+            out[:, :, j + 1] = g * sides[:, j : j + 1]
         return out
     g_flat = g.reshape(b, k, h * w)
     # (B, K, HW) @ (B, HW, S) sums g * side over the pixels for every class and side in one call.
