@@ -1,0 +1,39 @@
+"""Backbones for DFF / CASENet: the authors' dilated ResNet and adapters for other extractors.
+
+Every backbone is an ``nn.Module`` whose ``forward(x)`` returns a list of feature maps ordered
+from the lowest to the top level and which carries a ``feature_info`` (:class:`FeatureInfo`)
+describing their channels and strides.
+"""
+
+from .adapters import FeatureListBackbone, TimmBackbone, default_dff_indices
+from .feature_info import FeatureInfo
+from .loading import CheckpointMismatchError, LoadReport, load_state_dict_checked, read_state_dict
+from .resnet import (
+    BasicBlock,
+    Bottleneck,
+    DilatedResNet,
+    dilated_resnet50,
+    dilated_resnet101,
+    dilated_resnet_tiny,
+    load_torchvision_weights,
+    run_checkpointed,
+)
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "CheckpointMismatchError",
+    "DilatedResNet",
+    "FeatureInfo",
+    "FeatureListBackbone",
+    "LoadReport",
+    "TimmBackbone",
+    "default_dff_indices",
+    "dilated_resnet50",
+    "dilated_resnet101",
+    "dilated_resnet_tiny",
+    "load_state_dict_checked",
+    "load_torchvision_weights",
+    "read_state_dict",
+    "run_checkpointed",
+]
