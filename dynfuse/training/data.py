@@ -1,0 +1,111 @@
+"""Datasets, samplers and loaders for training, chosen by :class:`~dynfuse.training.TrainConfig`.
+
+Data order is a pure function of ``(seed, epoch, rank)``: the training sampler is a
+``DistributedSampler`` (also with one process) re-seeded by ``set_epoch``, and the loader's own
+generator, which seeds the worker processes' RNGs, is re-seeded at every epoch. Resuming at an epoch
+boundary therefore replays exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .config import TrainConfig
+from .distributed import DistContext
+
+__all__ = ["ShardSampler", "build_datasets", "build_train_loader", "build_val_loader",
+           "epoch_seed"]
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A well-mixed 63-bit seed for one (run seed, epoch, rank)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` in order, without padding (exact validation sums)."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
+    """Training and validation datasets for ``config.dataset``.
+
+    Items are dicts ``{"image": float32 (3,H,W) normalised, "edges": float32 (K,H,W) in {0,1},
+    "valid": bool (H,W), "name": str}``; training items are augmented and cropped to
+    ``crop_size`` as the paper does (``dynfuse.data`` holds the transforms).
+    """
+    from dynfuse import data
+
+    if config.dataset == "synthetic":
+        kwargs: dict[str, Any] = {"num_classes": config.num_classes, "size": config.crop_size}
+        train = data.Synthetic(length=config.train_length or 320, seed=config.seed,
+                               split="train", **kwargs)
+        val = data.Synthetic(length=config.val_length or 32, seed=config.seed, split="val",
+                             **kwargs)
+        return train, val
+    if config.dataset == "cityscapes":
+        train = data.Cityscapes(config.data_root, "train", crop_size=config.crop_size)
+        val = data.Cityscapes(config.data_root, "val")
+        return train, val
+    if config.dataset == "sbd":
+        train = data.SBD(config.data_root, "train", crop_size=config.crop_size)
+        val = data.SBD(config.data_root, "val")
+        return train, val
+    raise ValueError(f"unknown dataset {config.dataset!r}")
+
+
+def per_rank_batch(config: TrainConfig, ctx: DistContext) -> int:
+    """The per-process batch: the global ``batch_size`` split evenly over ranks."""
+    if config.batch_size % ctx.world_size != 0:
+        raise ValueError(
+            f"batch_size {config.batch_size} (global) must be divisible by the number of "
+            f"processes {ctx.world_size}"
+        )
+    return config.batch_size // ctx.world_size
+
+
+def build_train_loader(dataset: Dataset, config: TrainConfig, ctx: DistContext) -> DataLoader:
+    """Shuffled, drop-last loader of this rank's share of the global batch.
+
+    Call ``loader.sampler.set_epoch(e)`` and ``loader.generator.manual_seed(epoch_seed(...))``
+    before each epoch (the trainer does).
+    """
+    batch = per_rank_batch(config, ctx)
+    n = len(dataset)  # type: ignore[arg-type]
+    if n < config.batch_size:
+        raise ValueError(
+            f"training set has {n} items, fewer than one global batch of {config.batch_size}"
+        )
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                 shuffle=True, seed=config.seed, drop_last=True)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=ctx.device.type == "cuda",
+        drop_last=True,
+        generator=torch.Generator(),
+        # Fresh workers per epoch: their seeds then come from the per-epoch generator seed.
+        persistent_workers=False,
+    )
+
+
+def build_val_loader(dataset: Dataset, config: TrainConfig, ctx: DistContext) -> DataLoader:
+    """Unshuffled loader of this rank's shard; batch 1 because images may differ in size."""
+    sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=config.workers,
+                      pin_memory=ctx.device.type == "cuda")

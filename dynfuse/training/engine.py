@@ -1,0 +1,493 @@
+"""The training loop: setup, epochs, validation, checkpoints and exact resume.
+
+:class:`Trainer` owns one run. It is built from a :class:`TrainConfig`; the model, datasets, loss and
+scorer are built from it unless given (tests and users can inject their own). Under ``torchrun`` it
+wraps the model in DistributedDataParallel (SyncBatchNorm on CUDA), shards data with a
+DistributedSampler and lets rank 0 alone print, log and write checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    atomic_torch_save,
+    capture_rng_state,
+    load_checkpoint,
+    load_model_state,
+    restore_rng_state,
+)
+from .config import TrainConfig
+from .data import build_datasets, build_train_loader, build_val_loader, epoch_seed
+from .distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
+from .metrics_log import MetricsLogger
+from .optim import PolyLR, build_optimizer
+
+__all__ = ["Trainer", "build_model", "seed_everything"]
+
+LossFn = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
+# (preds list of (K,H,W) float arrays in [0,1], gts list of (K,H,W) bool arrays) -> metrics dict
+ScoreFn = Callable[[list[np.ndarray], list[np.ndarray]], dict[str, float]]
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_CKPT_NAME = "checkpoint.pt"
+_FINAL_NAME = "final.pt"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))  # noqa: NPY002 (legacy global RNG used by transforms)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """``dynfuse.create_model`` for the config's model, backbone and classes."""
+    from dynfuse.models import create_model
+
+    return create_model(
+        config.model,
+        backbone=config.backbone,
+        num_classes=config.num_classes,
+        pretrained_backbone=config.pretrained_backbone,
+        **config.model_kwargs,
+    )
+
+
+def _default_loss() -> LossFn:
+    from dynfuse.losses import dff_loss
+
+    return dff_loss
+
+
+def default_scorer(config: TrainConfig) -> ScoreFn | None:
+    """MF-ODS/OIS/AP through ``dynfuse.eval.evaluate_edges``, or None when it is not available."""
+    try:
+        from dynfuse.eval import evaluate_edges
+    except ImportError:
+        return None
+
+    def score(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]:
+        result = evaluate_edges(preds, gts, max_dist=config.val_max_dist,
+                                thresholds=config.val_thresholds, thin=True)
+        out = {}
+        for name in ("mf_ods", "ods", "ois", "ap"):
+            value = getattr(result, name, None)
+            if value is not None:
+                out[name] = float(value)
+        return out
+
+    return score
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _param_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over every parameter's bytes, in name order: equal iff the ranks agree bitwise."""
+    h = hashlib.sha256()
+    for name, p in sorted(_unwrap(model).named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", copy=True).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _to_float(output: Any) -> Any:
+    # The loss runs in float32 whatever the autocast dtype of the logits.
+    if hasattr(output, "_replace") and hasattr(output, "side5") and hasattr(output, "fuse"):
+        return output._replace(side5=output.side5.float(), fuse=output.fuse.float())
+    return output
+
+
+class Trainer:
+    """One training run.
+
+    Args:
+        config: the run's settings.
+        model: the network (default: ``build_model(config)``); must have a ``backbone`` attribute
+            and return an object with ``side5`` and ``fuse`` logits (B, K, H, W).
+        train_set, val_set: datasets of dict items (default: ``build_datasets(config)``).
+        loss_fn: ``(output, edges, valid) -> scalar`` (default: ``dynfuse.losses.dff_loss``).
+        scorer: validation metrics from probability maps (default: MF-ODS via ``dynfuse.eval``
+            when importable; None: validation loss only).
+        ctx: process placement (default: ``init_distributed(config.device)``).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        model: nn.Module | None = None,
+        train_set: Dataset | None = None,
+        val_set: Dataset | None = None,
+        loss_fn: LossFn | None = None,
+        scorer: ScoreFn | None | str = "default",
+        ctx: DistContext | None = None,
+    ) -> None:
+        self.config = config
+        self._owns_ctx = ctx is None
+        self.ctx = ctx if ctx is not None else init_distributed(config.device)
+        self.device = self.ctx.device
+        self.out_dir = Path(config.output_dir)
+        # Same seed everywhere for the model; DDP also broadcasts rank 0's weights.
+        seed_everything(config.seed)
+        base = model if model is not None else build_model(config)
+        if train_set is None or val_set is None:
+            built_train, built_val = build_datasets(config)
+            train_set = train_set if train_set is not None else built_train
+            val_set = val_set if val_set is not None else built_val
+        self.train_set, self.val_set = train_set, val_set
+        # Ranks draw different augmentations (and the main RNGs go on from here).
+        seed_everything(config.seed + 1_000_003 * self.ctx.rank)
+        self.loss_fn = loss_fn if loss_fn is not None else _default_loss()
+        self.scorer = default_scorer(config) if scorer == "default" else scorer
+
+        base = base.to(self.device)
+        self.model: nn.Module = base
+        if self.ctx.distributed:
+            use_sync = config.sync_bn == "on" or (
+                config.sync_bn == "auto" and self.device.type == "cuda"
+            )
+            if use_sync:
+                base = nn.SyncBatchNorm.convert_sync_batchnorm(base)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(base, device_ids=device_ids)
+        self.train_loader: DataLoader = build_train_loader(self.train_set, config, self.ctx)
+        self.val_loader: DataLoader = build_val_loader(self.val_set, config, self.ctx)
+        self.steps_per_epoch = len(self.train_loader)
+        self.max_iters = self.steps_per_epoch * config.epochs
+        self.optimizer = build_optimizer(
+            self.model, config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay, head_lr_mult=config.head_lr_mult,
+        )
+        self.scheduler = PolyLR(self.optimizer, self.max_iters, config.poly_power)
+        self.amp_dtype = _AMP_DTYPES.get(config.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.epoch = 0  # finished epochs
+        self.iteration = 0  # finished optimiser steps
+        self.history: list[dict[str, Any]] = []  # every log/val record of this process
+        self.logger = MetricsLogger(self.out_dir, enabled=self.ctx.is_main,
+                                    tensorboard=config.tensorboard)
+        if config.resume:
+            self._resume(config.resume)
+        if self.ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "config.json", "w", encoding="utf-8") as f:
+                json.dump(config.to_dict(), f, indent=2)
+
+    # ------------------------------------------------------------------ output helpers
+    def _print(self, text: str) -> None:
+        if not self.ctx.is_main:
+            return
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stdout)
+        except ImportError:
+            print(text, flush=True)
+
+    def _record(self, kind: str, **fields: Any) -> dict[str, Any]:
+        rec = {"kind": kind, "epoch": self.epoch, "iteration": self.iteration, **fields}
+        self.history.append(rec)
+        self.logger.log(kind, epoch=self.epoch, iteration=self.iteration, **fields)
+        return rec
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / _CKPT_NAME
+
+    def _resume(self, resume: str) -> None:
+        path = self.checkpoint_path if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.is_file():
+            self._print(f"no checkpoint at {path}; starting a new run")
+            return
+        ckpt = load_checkpoint(path, map_location="cpu")
+        saved = ckpt["config"]
+        for key in ("model", "backbone", "num_classes"):
+            if saved.get(key) != getattr(self.config, key):
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} was trained with {key}={saved.get(key)!r}, this "
+                    f"run has {key}={getattr(self.config, key)!r}"
+                )
+        if saved.get("epochs") != self.config.epochs or ckpt.get("max_iters") != self.max_iters:
+            # Changing the length of the run re-shapes the poly schedule; allowed, but say so.
+            warnings.warn(
+                f"resuming with epochs={self.config.epochs} ({self.max_iters} iterations) from a "
+                f"run planned for epochs={saved.get('epochs')} ({ckpt.get('max_iters')} "
+                "iterations): the learning-rate schedule is re-planned",
+                stacklevel=2,
+            )
+        load_model_state(_unwrap(self.model), ckpt["model"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scheduler.max_iters = self.max_iters
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: optimizer/scheduler state does not fit this run: {exc}"
+            ) from exc
+        self.epoch = int(ckpt["epoch"])
+        self.iteration = int(ckpt["iteration"])
+        rng = ckpt["rng"]
+        if isinstance(rng, list) and len(rng) == self.ctx.world_size:
+            restore_rng_state(rng[self.ctx.rank])
+        else:
+            n = len(rng) if isinstance(rng, list) else "?"
+            warnings.warn(
+                f"checkpoint holds RNG states of {n} process(es), this run has "
+                f"{self.ctx.world_size}: data order is kept, augmentation randomness is reseeded",
+                stacklevel=2,
+            )
+            seed_everything(epoch_seed(self.config.seed, self.epoch, self.ctx.rank))
+        self._print(f"resumed from {path} at epoch {self.epoch}, iteration {self.iteration}")
+
+    def _checkpoint_dict(self, rng_states: list[Any], fingerprints: list[str]) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "max_iters": self.max_iters,
+            "rng": rng_states,
+            "sampler": {"seed": self.config.seed, "epoch": self.epoch,
+                        "world_size": self.ctx.world_size},
+            "world_size": self.ctx.world_size,
+            "param_fingerprints": fingerprints,
+            "config": self.config.to_dict(),
+            "torch_version": str(torch.__version__),
+        }
+
+    def save_checkpoint(self, *, final: bool = False) -> Path | None:
+        """Write ``checkpoint.pt`` (and ``final.pt`` when ``final``) on rank 0; every rank calls it.
+
+        Collects every rank's RNG state and a fingerprint of its parameters; ranks whose weights
+        differ (a DDP bug or nondeterministic reduction) raise instead of saving silently.
+        """
+        rng_states = all_gather_objects(self.ctx, capture_rng_state())
+        fingerprints = all_gather_objects(self.ctx, _param_fingerprint(self.model))
+        if len(set(fingerprints)) != 1:
+            raise RuntimeError(f"model parameters differ between ranks: {fingerprints}")
+        path = None
+        if self.ctx.is_main:
+            ckpt = self._checkpoint_dict(rng_states, fingerprints)
+            path = atomic_torch_save(ckpt, self.checkpoint_path)
+            if final:
+                path = atomic_torch_save(ckpt, self.out_dir / _FINAL_NAME)
+        barrier(self.ctx)
+        return path
+
+    # ------------------------------------------------------------------ loops
+    def train_one_epoch(self) -> dict[str, float]:
+        """One pass over this rank's shard; returns the epoch's mean loss and images/s."""
+        cfg = self.config
+        model, loader = self.model, self.train_loader
+        loader.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        loader.generator.manual_seed(epoch_seed(cfg.seed, self.epoch, self.ctx.rank))
+        model.train()
+        bar = None
+        if cfg.progress and self.ctx.is_main:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                           leave=False, dynamic_ncols=True)
+            except ImportError:
+                bar = None
+        # Loss sums stay on the device between log points to avoid a sync per iteration.
+        window = torch.zeros(2, dtype=torch.float64, device=self.device)
+        epoch_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
+        t_epoch = t_window = time.perf_counter()
+        images_window = 0
+        for batch in loader:
+            images = batch["image"].to(self.device, non_blocking=True)
+            edges = batch["edges"].to(self.device, non_blocking=True)
+            valid = batch["valid"].to(self.device, non_blocking=True)
+            with self._autocast():
+                output = model(images)
+            loss = self.loss_fn(_to_float(output), edges, valid)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.iteration += 1
+            d = loss.detach().to(torch.float64)
+            window[0] += d
+            window[1] += 1
+            images_window += images.shape[0] * self.ctx.world_size
+            if bar is not None:
+                bar.update(1)
+            last = self.iteration % self.steps_per_epoch == 0
+            if self.iteration % cfg.log_every == 0 or last:
+                stats = all_reduce_sum(self.ctx, window.clone())
+                mean_loss = float(stats[0] / stats[1])
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(
+                        f"training loss is {mean_loss} at iteration {self.iteration} (epoch "
+                        f"{self.epoch + 1}); lower --lr or use --amp off/bf16"
+                    )
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                now = time.perf_counter()
+                ips = images_window / max(now - t_window, 1e-9)
+                self._record("train", loss=mean_loss, lr=self.optimizer.param_groups[0]["lr"],
+                             images_per_s=ips)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
+                epoch_sum += window
+                window.zero_()
+                images_window = 0
+                t_window = now
+        if bar is not None:
+            bar.close()
+        self.epoch += 1
+        elapsed = time.perf_counter() - t_epoch
+        stats = all_reduce_sum(self.ctx, epoch_sum)
+        n_images = self.steps_per_epoch * cfg.batch_size
+        summary = {"loss": float(stats[0] / max(float(stats[1]), 1.0)),
+                   "images_per_s": n_images / max(elapsed, 1e-9), "seconds": elapsed}
+        self._record("epoch", **summary)
+        return summary
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation loss over the whole validation set (sharded over ranks) and, on rank 0,
+        MF-ODS/ODS/OIS/AP of the fused output on the first ``val_max_images`` images."""
+        cfg = self.config
+        model = _unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        preds: list[tuple[int, np.ndarray, np.ndarray]] = []
+        limit = cfg.val_max_images if cfg.val_max_images is not None else len(self.val_set)
+        indices = self.val_loader.sampler.indices  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        for idx, batch in zip(indices, self.val_loader, strict=True):
+            images = batch["image"].to(self.device, non_blocking=True)
+            edges = batch["edges"].to(self.device, non_blocking=True)
+            valid = batch["valid"].to(self.device, non_blocking=True)
+            with self._autocast():
+                output = model(images)
+            output = _to_float(output)
+            sums[0] += self.loss_fn(output, edges, valid).to(torch.float64)
+            sums[1] += 1
+            if self.scorer is not None and idx < limit:
+                prob = torch.sigmoid(output.fuse[0]) * valid[0]  # padding is never an edge
+                preds.append((idx, prob.cpu().numpy().astype(np.float32),
+                              (edges[0] > 0.5).cpu().numpy()))
+        all_reduce_sum(self.ctx, sums)
+        metrics = {"loss": float(sums[0] / max(float(sums[1]), 1.0))}
+        if self.scorer is not None:
+            gathered = all_gather_objects(self.ctx, preds)
+            if self.ctx.is_main:
+                items = sorted((p for part in gathered for p in part), key=lambda t: t[0])
+                if items:
+                    metrics.update(self.scorer([p for _, p, _ in items], [g for _, _, g in items]))
+                    metrics["scored_images"] = len(items)
+        metrics["seconds"] = time.perf_counter() - t0
+        if was_training:
+            model.train()
+        self._record("val", **metrics)
+        return metrics
+
+    def _describe_val(self, metrics: dict[str, float]) -> str:
+        text = f"val loss {metrics['loss']:.4f}"
+        if "mf_ods" in metrics:
+            text += (f"  MF-ODS {100 * metrics['mf_ods']:.1f}%"
+                     f" (tolerance {self.config.val_max_dist}, thinned, "
+                     f"{self.config.val_thresholds} thresholds, {metrics.get('scored_images')} "
+                     "images)")
+            for key in ("ois", "ap"):
+                if key in metrics:
+                    text += f"  {key.upper()} {100 * metrics[key]:.1f}%"
+        return text
+
+    def fit(
+        self, *, validate_first: bool = False, max_epochs: int | None = None
+    ) -> dict[str, Any]:
+        """Train from the current epoch to ``config.epochs``; returns the last metrics.
+
+        A checkpoint is written after every epoch (and ``final.pt`` at the end), so a killed run
+        loses at most the epoch in progress.
+
+        Args:
+            validate_first: validate the model before training (the untrained baseline).
+            max_epochs: stop after this many epochs in this call (a time-sliced job; the
+                schedule still spans ``config.epochs``); None trains to the end.
+        """
+        cfg = self.config
+        last: dict[str, Any] = {}
+        if validate_first and cfg.val_every > 0:
+            metrics = self.validate()
+            last["val_initial"] = metrics
+            self._print(f"epoch {self.epoch}/{cfg.epochs} (before training)  "
+                        + self._describe_val(metrics))
+        if self.ctx.is_main:
+            self._print(
+                f"training {cfg.model}/{cfg.backbone} on {cfg.dataset}: {len(self.train_set)} "
+                f"images, {self.steps_per_epoch} iterations/epoch, {cfg.epochs} epochs, "
+                f"global batch {cfg.batch_size} on {self.ctx.world_size} process(es) "
+                f"({self.device}), amp={cfg.amp}"
+            )
+        stop_at = cfg.epochs if max_epochs is None else min(cfg.epochs, self.epoch + max_epochs)
+        while self.epoch < stop_at:
+            summary = self.train_one_epoch()
+            last["train"] = summary
+            line = (f"epoch {self.epoch}/{cfg.epochs}  loss {summary['loss']:.4f}  "
+                    f"{summary['images_per_s']:.1f} img/s")
+            due = cfg.val_every > 0 and (
+                self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs
+            )
+            if due:
+                metrics = self.validate()
+                last["val"] = metrics
+                line += "  " + self._describe_val(metrics)
+            self._print(line)
+            self.save_checkpoint(final=self.epoch == cfg.epochs)
+            self.logger.flush()
+        return last
+
+    def close(self) -> None:
+        """Close log files and the process group this trainer created."""
+        self.logger.close()
+        if self._owns_ctx:
+            cleanup_distributed(self.ctx)
