@@ -66,7 +66,9 @@ def test_head_fuse_equals_op_on_its_parts():
     weights = head.learner(head.side5_w(feats[3], (21, 19)))
     torch.testing.assert_close(out.weights, weights)
     torch.testing.assert_close(out.side5, head.side5(feats[3], (21, 19)))
-    torch.testing.assert_close(out.fuse.double(), oracle_fuse(out.side5, sides, weights), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out.fuse.double(), oracle_fuse(out.side5, sides, weights), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_casenet_head_has_no_side_norm_and_fixed_weights():
@@ -78,7 +80,9 @@ def test_casenet_head_has_no_side_norm_and_fixed_weights():
 
 
 def test_default_output_size_is_lowest_level_times_stride():
-    out = DFFHead(TinyBackbone.channels, 2, strides=TinyBackbone.strides)(TinyBackbone()(torch.randn(2, 3, 20, 12)))
+    out = DFFHead(TinyBackbone.channels, 2, strides=TinyBackbone.strides)(
+        TinyBackbone()(torch.randn(2, 3, 20, 12))
+    )
     assert out.fuse.shape == (2, 2, 20, 12)
 
 
@@ -130,15 +134,18 @@ def test_compile_fullgraph_torch_backend():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kwargs, exc, words", [
-    (dict(in_channels=[8]), ValueError, ["at least 2 levels"]),
-    (dict(strides=[1, 2]), ValueError, ["one stride per level"]),
-    (dict(learner="mlp"), ValueError, ["learner", "'mlp'"]),
-    (dict(learner_resolution="half"), ValueError, ["learner_resolution"]),
-    (dict(activation="tanh"), ValueError, ["activation"]),
-    (dict(backend="cuda"), ValueError, ["backend"]),
-    (dict(num_classes=0), ValueError, ["num_classes"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        (dict(in_channels=[8]), ValueError, ["at least 2 levels"]),
+        (dict(strides=[1, 2]), ValueError, ["one stride per level"]),
+        (dict(learner="mlp"), ValueError, ["learner", "'mlp'"]),
+        (dict(learner_resolution="half"), ValueError, ["learner_resolution"]),
+        (dict(activation="tanh"), ValueError, ["activation"]),
+        (dict(backend="cuda"), ValueError, ["backend"]),
+        (dict(num_classes=0), ValueError, ["num_classes"]),
+    ],
+)
 def test_head_bad_arguments(kwargs, exc, words):
     args = dict(in_channels=TinyBackbone.channels, num_classes=3, strides=TinyBackbone.strides) | kwargs
     with pytest.raises(exc) as info:

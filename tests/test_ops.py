@@ -49,9 +49,15 @@ def test_matches_oracle_float32(backend, form, activation, shape):
     grad = torch.randn(b, k, h, w) + 0.25
     out, grads = run_backend(backend, side5, sides, weights, grad, activation)
     assert out.dtype == torch.float32 and out.shape == (b, k, h, w)
-    torch.testing.assert_close(out.double(), oracle_fuse(side5, sides, weights, activation), rtol=1e-5, atol=1e-5)
-    for got, want, name in zip(grads, oracle_grads(side5, sides, weights, grad, activation),
-                               ("side5", "sides", "weights"), strict=True):
+    torch.testing.assert_close(
+        out.double(), oracle_fuse(side5, sides, weights, activation), rtol=1e-5, atol=1e-5
+    )
+    for got, want, name in zip(
+        grads,
+        oracle_grads(side5, sides, weights, grad, activation),
+        ("side5", "sides", "weights"),
+        strict=True,
+    ):
         assert got.shape == want.shape, name
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4, msg=name)
 
@@ -71,15 +77,24 @@ def test_gradcheck_torch_backend(form, activation):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    b=st.integers(1, 3), k=st.integers(1, 5), s=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9),
-    form=st.sampled_from(FORMS), activation=st.sampled_from([None, "softmax"]),
-    non_contiguous=st.booleans(), backend=st.sampled_from(BACKENDS), seed=st.integers(0, 2**16),
+    b=st.integers(1, 3),
+    k=st.integers(1, 5),
+    s=st.integers(1, 4),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    form=st.sampled_from(FORMS),
+    activation=st.sampled_from([None, "softmax"]),
+    non_contiguous=st.booleans(),
+    backend=st.sampled_from(BACKENDS),
+    seed=st.integers(0, 2**16),
 )
 def test_hypothesis_shapes(b, k, s, h, w, form, activation, non_contiguous, backend, seed):
     side5, sides, weights = make_inputs(b, k, s, h, w, form, non_contiguous=non_contiguous, seed=seed)
     grad = torch.randn(b, k, h, w, generator=torch.Generator().manual_seed(seed)) + 0.25
     out, grads = run_backend(backend, side5, sides, weights, grad, activation)
-    torch.testing.assert_close(out.double(), oracle_fuse(side5, sides, weights, activation), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out.double(), oracle_fuse(side5, sides, weights, activation), rtol=1e-5, atol=1e-5
+    )
     for got, want in zip(grads, oracle_grads(side5, sides, weights, grad, activation), strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
 
@@ -131,8 +146,9 @@ def test_half_accumulates_in_float32():
 
 def test_authors_formulation_agrees():
     side5, sides, weights = make_inputs(2, 5, 3, 4, 6, "adaptive")
-    torch.testing.assert_close(authors_fuse(side5, sides, weights).double(),
-                               oracle_fuse(side5, sides, weights), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        authors_fuse(side5, sides, weights).double(), oracle_fuse(side5, sides, weights), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_shared_concat_channel_order():
@@ -206,10 +222,13 @@ def test_mixed_devices_named():
         dynamic_fuse(side5, sides, weights.to("meta"))
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(backend="cuda"), ["backend", "'cuda'"]),
-    (dict(activation="sigmoid"), ["activation", "'sigmoid'"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(backend="cuda"), ["backend", "'cuda'"]),
+        (dict(activation="sigmoid"), ["activation", "'sigmoid'"]),
+    ],
+)
 def test_unknown_backend_or_activation(kwargs, words):
     side5, sides, weights = make_inputs(1, 2, 3, 4, 4, "adaptive")
     with pytest.raises(ValueError) as info:
