@@ -1,0 +1,34 @@
+"""DFF and CASENet models, builders by name, and loading of the authors' checkpoints."""
+
+from .edge import DFF, CASENet, CheckpointedAdaptiveLearner, EdgeModel
+from .official import (
+    convert_official_state_dict,
+    load_official_casenet,
+    load_official_dff,
+    to_official_state_dict,
+)
+from .registry import (
+    TABLE1,
+    create_backbone,
+    create_model,
+    create_table1_model,
+    list_models,
+    register_model,
+)
+
+__all__ = [
+    "CASENet",
+    "DFF",
+    "TABLE1",
+    "CheckpointedAdaptiveLearner",
+    "EdgeModel",
+    "convert_official_state_dict",
+    "create_backbone",
+    "create_model",
+    "create_table1_model",
+    "list_models",
+    "load_official_casenet",
+    "load_official_dff",
+    "register_model",
+    "to_official_state_dict",
+]
