@@ -1,6 +1,17 @@
 """Data: label codecs, mask -> edge ground truth, datasets and joint transforms."""
 
 from .base import EdgeDataset
+from .codecs import (
+    EdgeLabelError,
+    decode_edge_bin,
+    decode_edge_png,
+    encode_edge_bin,
+    encode_edge_png,
+    read_edge_bin,
+    read_edge_png,
+    write_edge_bin,
+    write_edge_png,
+)
 from .edges import disc_offsets, mask_to_edges
 from .synthetic import Synthetic, SyntheticScene
 from .transforms import (
@@ -24,6 +35,7 @@ __all__ = [
     "CenterCrop",
     "Compose",
     "EdgeDataset",
+    "EdgeLabelError",
     "Normalize",
     "PadTo",
     "RandomCrop",
@@ -32,8 +44,16 @@ __all__ = [
     "Resize",
     "Synthetic",
     "SyntheticScene",
+    "decode_edge_bin",
+    "decode_edge_png",
     "disc_offsets",
+    "encode_edge_bin",
+    "encode_edge_png",
     "mask_to_edges",
+    "read_edge_bin",
+    "read_edge_png",
     "train_transforms",
     "val_transforms",
+    "write_edge_bin",
+    "write_edge_png",
 ]
