@@ -41,10 +41,13 @@ def _reduce_products(
     s = sides.shape[1]
     if form == "adaptive":
         out = torch.empty((b, k, s + 1, h, w), dtype=g.dtype, device=g.device)
-        # Slice assignment rather than out= on a strided view: torch.compile cannot trace the latter.
-        out[:, :, 0] = g * side5
-        for j in range(s):
-            out[:, :, j + 1] = g * sides[:, j : j + 1]
+        xs = [side5] + [sides[:, j : j + 1] for j in range(s)]
+        for j, x in enumerate(xs):
+            if torch.compiler.is_compiling():
+                # torch.compile cannot trace out= on a strided view; it fuses the temporary away.
+                out[:, :, j] = g * x
+            else:
+                torch.mul(g, x, out=out[:, :, j])  # no (B, K, H, W) temporary per input
         return out
     g_flat = g.reshape(b, k, h * w)
     # (B, K, HW) @ (B, HW, S) sums g * side over the pixels for every class and side in one call.
@@ -100,6 +103,7 @@ class _LeanFusion(torch.autograd.Function):
             for s in range(sides.shape[1]):
                 torch.mul(g, _coefficient(coeffs, s + 1), out=scratch)
                 d_sides[:, s] = scratch.sum(dim=1)
+            del scratch
         if need_weights:
             d_coeffs = _reduce_products(g, x5, xs, form)
             if ctx.activation == "softmax":

@@ -1,0 +1,248 @@
+"""Speed and memory of the fusion op's backends against the plain and the authors' formulations.
+
+Usage:
+    python benchmarks/bench_fusion.py                 # CPU: B x H x W in {1x256x256, 2x512x512}
+    python benchmarks/bench_fusion.py --device cuda   # GPU: up to 8x640x640, fp32 and bf16
+    python benchmarks/bench_fusion.py --quick         # one size, fewer repeats
+
+Rows per size and dtype: "authors" (growing torch.cat over classes, multiply, sum), "plain" (one
+torch.cat of side5 with the expanded sides, multiply, sum: the "reference" backend), "torch" (our lean
+backend), and on CUDA "compile(plain)" and "triton" where available. Columns: forward, backward and
+forward+backward time (median of repeats), peak extra memory of forward+backward (bytes allocated
+beyond the inputs, measured: CUDA allocator peak, or on CPU the process's peak resident set after
+resetting it), achieved GB/s of forward+backward by the byte model of DESIGN.md section 2, and the
+forward+backward speed-up over "plain" and over "authors". A markdown record with the device,
+versions and date goes to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dynfuse.ops import authors_fuse, dynamic_fuse  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FuseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measurement helpers
+# ----------------------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``fn`` per call (synchronised), after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _read_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak memory ``fn`` allocates beyond what is live when it starts.
+
+    CUDA: the caching allocator's peak. CPU (Linux): the process's peak resident set (VmHWM) after
+    resetting it through /proc/self/clear_refs, minus the resident set before the call; large tensors
+    are mmapped and returned to the OS when freed, so this tracks the op's own buffers.
+    """
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _read_status_kib("VmRSS")
+        fn()
+        return (_read_status_kib("VmHWM") - base) * 1024
+    except OSError:
+        return None
+
+
+def bytes_per_pixel(k: int, s: int, elem: int) -> tuple[int, int]:
+    """Byte model of DESIGN.md section 2: (forward, backward) bytes per pixel (adaptive weights)."""
+    forward = (k + s + k * (s + 1)) + k
+    backward = k * (2 * s + 5) + 2 * s
+    return forward * elem, backward * elem
+
+
+# ----------------------------------------------------------------------------------------------------
+# The formulations
+# ----------------------------------------------------------------------------------------------------
+def plain_fuse(side5: torch.Tensor, sides: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One torch.cat of side5 with the expanded sides, multiply, sum (what a user would write)."""
+    b, k, h, w = side5.shape
+    x = torch.cat([side5.unsqueeze(2), sides.unsqueeze(1).expand(b, k, sides.shape[1], h, w)], dim=2)
+    return (x * weights).sum(2)
+
+
+def peers(device: torch.device, with_compile: bool) -> dict[str, FuseFn]:
+    rows: dict[str, FuseFn] = {
+        "authors": lambda a, c, w: authors_fuse(a, c, w),
+        "plain": plain_fuse,
+        "torch": lambda a, c, w: dynamic_fuse(a, c, w, backend="torch"),
+    }
+    if device.type == "cuda" and with_compile:
+        rows["compile(plain)"] = torch.compile(plain_fuse, dynamic=False)
+    if device.type == "cuda":
+        try:
+            from dynfuse.ops.triton_backend import is_available
+
+            if is_available():
+                rows["triton"] = lambda a, c, w: dynamic_fuse(a, c, w, backend="triton")
+        except ImportError:
+            pass
+    return rows
+
+
+def measure(name: str, fn: FuseFn, shape: tuple[int, int, int, int, int], dtype: torch.dtype,
+            device: torch.device, repeats: int) -> dict[str, object]:
+    b, k, s, h, w = shape
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def rnd(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+
+    side5, sides, weights = rnd(b, k, h, w), rnd(b, s, h, w), rnd(b, k, s + 1, h, w)
+    grad = torch.randn(b, k, h, w, generator=gen).to(device=device, dtype=dtype)
+    inputs = (side5, sides, weights)
+
+    def forward() -> None:
+        with torch.no_grad():
+            fn(*inputs)
+
+    def forward_backward() -> None:
+        out = fn(*inputs)
+        torch.autograd.grad(out, inputs, grad)
+
+    out_holder: dict[str, torch.Tensor] = {}
+
+    def backward_only() -> None:
+        torch.autograd.grad(out_holder["out"], inputs, grad, retain_graph=True)
+
+    t_fwd = timed(forward, device, repeats)
+    t_both = timed(forward_backward, device, repeats)
+    out_holder["out"] = fn(*inputs)
+    t_bwd = timed(backward_only, device, repeats)
+    del out_holder["out"]
+    peak = peak_extra_bytes(forward_backward, device)
+    fwd_b, bwd_b = bytes_per_pixel(k, s, torch.finfo(dtype).bits // 8)
+    both = statistics.median(t_both)
+    return {
+        "backend": name, "shape": f"{b}x{h}x{w}", "dtype": str(dtype).replace("torch.", ""),
+        "fwd_ms": 1e3 * statistics.median(t_fwd), "bwd_ms": 1e3 * statistics.median(t_bwd),
+        "both_ms": 1e3 * both, "spread_ms": 1e3 * (max(t_both) - min(t_both)),
+        "peak_mb": None if peak is None else peak / 2**20,
+        "gbps": (fwd_b + bwd_b) * b * h * w / both / 1e9,
+    }
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+               f"{torch.get_num_threads()} torch threads"
+    env = {"device": name, "torch": torch.__version__, "python": platform.python_version(),
+           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = "not installed"
+    return env
+
+
+def render(rows: list[dict[str, object]]) -> str:
+    head = ("| shape | dtype | backend | fwd ms | bwd ms | fwd+bwd ms | spread ms | peak extra MB | GB/s "
+            "| x plain | x authors |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        base = next(x for x in rows if x["shape"] == r["shape"] and x["dtype"] == r["dtype"]
+                    and x["backend"] == "plain")
+        auth = next(x for x in rows if x["shape"] == r["shape"] and x["dtype"] == r["dtype"]
+                    and x["backend"] == "authors")
+        peak = "n/a" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
+        lines.append(
+            f"| {r['shape']} | {r['dtype']} | {r['backend']} | {r['fwd_ms']:.2f} | {r['bwd_ms']:.2f} | "
+            f"{r['both_ms']:.2f} | {r['spread_ms']:.2f} | {peak} | {r['gbps']:.1f} | "
+            f"{base['both_ms'] / r['both_ms']:.2f} | {auth['both_ms'] / r['both_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="one size, fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    parser.add_argument("--out", type=Path, default=None, help="markdown record (default: results/)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    k, s = 19, 3
+    if device.type == "cuda":
+        sizes = [(8, 640, 640)] if args.quick else [(1, 256, 256), (2, 512, 512), (8, 640, 640)]
+        dtypes = [torch.float32, torch.bfloat16]
+        repeats = args.repeats or (10 if args.quick else 20)
+    else:
+        sizes = [(2, 512, 512)] if args.quick else [(1, 256, 256), (2, 512, 512)]
+        dtypes = [torch.float32]
+        repeats = args.repeats or 5
+    rows = []
+    for b, h, w in sizes:
+        for dtype in dtypes:
+            for name, fn in peers(device, not args.no_compile).items():
+                rows.append(measure(name, fn, (b, k, s, h, w), dtype, device, repeats))
+                print(f"  {name:>15} {b}x{h}x{w} {dtype}: {rows[-1]['both_ms']:.2f} ms", flush=True)
+    env = environment(device)
+    table = render(rows)
+    header = "\n".join(f"- {key}: {value}" for key, value in env.items())
+    text = (f"# Fusion op benchmark ({device.type})\n\n{header}\n- K={k}, S={s}, adaptive weights, "
+            f"median of {repeats} repeats; command: `python benchmarks/{Path(__file__).name} "
+            f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{table}\n")
+    print(text)
+    out = args.out or RESULTS / f"fusion_{device.type}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"recorded in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
