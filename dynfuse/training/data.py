@@ -47,22 +47,34 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     "valid": bool (H,W), "name": str}``; training items are augmented and cropped to
     ``crop_size`` as the paper does (``dynfuse.data`` holds the transforms).
     """
-    from dynfuse import data
+    from dynfuse.data.transforms import train_transforms, val_transforms
 
+    crop = config.crop_size
     if config.dataset == "synthetic":
-        kwargs: dict[str, Any] = {"num_classes": config.num_classes, "size": config.crop_size}
-        train = data.Synthetic(length=config.train_length or 320, seed=config.seed,
-                               split="train", **kwargs)
-        val = data.Synthetic(length=config.val_length or 32, seed=config.seed, split="val",
-                             **kwargs)
+        from dynfuse.data.synthetic import Synthetic
+
+        # Scenes are rendered at the crop size; training adds the paper's random mirror.
+        kwargs: dict[str, Any] = {"num_classes": config.num_classes, "size": crop,
+                                  "seed": config.seed}
+        train = Synthetic(length=config.train_length or 320, split="train",
+                               transform=train_transforms(crop), **kwargs)
+        val = Synthetic(length=config.val_length or 32, split="val", **kwargs)
         return train, val
     if config.dataset == "cityscapes":
-        train = data.Cityscapes(config.data_root, "train", crop_size=config.crop_size)
-        val = data.Cityscapes(config.data_root, "val")
+        from dynfuse.data import Cityscapes
+
+        # Paper: random short side in [0.75, 2] x base size 640, mirror, crop; full-size val.
+        short_side = (round(0.75 * crop), 2 * crop)
+        train = Cityscapes(config.data_root, "train",
+                                transform=train_transforms(crop, short_side=short_side))
+        val = Cityscapes(config.data_root, "val")
         return train, val
     if config.dataset == "sbd":
-        train = data.SBD(config.data_root, "train", crop_size=config.crop_size)
-        val = data.SBD(config.data_root, "val")
+        from dynfuse.data import SBD
+
+        # Paper: scales are applied offline (dynfuse-prepare sbd); val padded to 512 x 512.
+        train = SBD(config.data_root, "train", transform=train_transforms(crop))
+        val = SBD(config.data_root, "val", transform=val_transforms(512))
         return train, val
     raise ValueError(f"unknown dataset {config.dataset!r}")
 
