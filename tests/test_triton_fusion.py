@@ -1,0 +1,406 @@
+"""The Triton fusion kernels against the float64 oracle, forward and every gradient.
+
+Two tiers run the same checks:
+
+* ``interpreter``: the real kernels under ``TRITON_INTERPRET=1`` on CPU tensors (CI, no GPU), small
+  float32 shapes. The variable is set per test (``dynfuse.ops.triton_kernels.get_kernels`` wraps the
+  kernels with ``triton.jit`` for the mode in force when it is called, so this works after Triton was
+  imported without it).
+* ``gpu``: CUDA tensors, float32 / bfloat16 / float16, determinism, large tensors, autocast and
+  ``torch.compile(fullgraph=True)``; skipped without CUDA.
+
+Every output the backend allocates is filled with NaN first (``_allocate`` hook), so an element a
+kernel never writes fails the comparison.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from fusion_oracle import oracle_fuse, oracle_grads
+
+from dynfuse.ops import dynamic_fuse
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_CUDA = torch.cuda.is_available()
+
+if HAS_TRITON:
+    from dynfuse.ops import triton_backend
+else:  # pragma: no cover - exercised only where Triton is missing
+    triton_backend = None
+
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+needs_cuda = pytest.mark.skipif(not (HAS_TRITON and HAS_CUDA), reason="needs CUDA and triton")
+
+WSHAPE = {
+    "adaptive": lambda b, k, s, h, w: (b, k, s + 1, h, w),
+    "invariant": lambda b, k, s, h, w: (b, k, s + 1),
+    "fixed": lambda b, k, s, h, w: (k, s + 1),
+}
+
+
+def _poisoned(shape, dtype=None, device=None, **_):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Every tensor the Triton backend allocates starts as NaN."""
+    monkeypatch.setattr(triton_backend, "_allocate", _poisoned)
+
+
+@pytest.fixture
+def interpret(monkeypatch, poison):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def make_inputs(b, k, s, h, w, form, *, layout="contiguous", device="cpu", dtype=torch.float32,
+                seed=0):
+    """Random inputs away from 0 in one of several memory layouts (same values for every layout).
+
+    layouts: "contiguous"; "sliced" (channel slices of wider tensors, W-strided weights);
+    "channels_last"; "transposed" (H and W swapped in memory: not flattenable, copied by the host).
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) + 0.3
+
+    side5, sides, weights = rnd(b, k, h, w), rnd(b, s, h, w), rnd(*WSHAPE[form](b, k, s, h, w))
+    tensors = [side5, sides, weights]
+    tensors = [t.to(device=device, dtype=dtype) for t in tensors]
+    if layout == "sliced":
+        def slice_of(t, dim):
+            big = torch.cat([t, torch.zeros_like(t)], dim=dim)
+            return big.narrow(dim, 0, t.shape[dim])
+
+        tensors = [slice_of(tensors[0], 1), slice_of(tensors[1], 0), slice_of(tensors[2], 1)]
+    elif layout == "channels_last":
+        tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last)
+        tensors[1] = tensors[1].contiguous(memory_format=torch.channels_last)
+        # Weights with the (S+1) / class axes innermost in memory.
+        wt = tensors[2]
+        tensors[2] = wt.transpose(0, -1).contiguous().transpose(0, -1)
+    elif layout == "transposed":
+        tensors = [t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() >= 4 else t
+                   for t in tensors]
+    return tensors
+
+
+def run(side5, sides, weights, grad, activation, backend="triton"):
+    leaves = [t.detach().requires_grad_() for t in (side5, sides, weights)]
+    out = dynamic_fuse(*leaves, activation=activation, backend=backend)
+    grads = torch.autograd.grad(out, leaves, grad)
+    return out, grads
+
+
+def rel_err(got, want):
+    got, want = got.double().cpu(), want.double().cpu()
+    if torch.isnan(got).any():
+        return float("inf")
+    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
+def check_against_oracle(side5, sides, weights, grad, activation, tol):
+    out, grads = run(side5, sides, weights, grad, activation)
+    assert out.dtype == side5.dtype and out.shape == side5.shape
+    cpu = [t.detach().cpu().double() for t in (side5, sides, weights, grad)]
+    want = oracle_fuse(*cpu[:3], activation)
+    assert rel_err(out, want) < tol, ("forward", rel_err(out, want))
+    wgrads = oracle_grads(*cpu, activation)
+    for name, got, wg, inp in zip(("side5", "sides", "weights"), grads, wgrads, (side5, sides,
+                                  weights), strict=True):
+        assert got.shape == inp.shape and got.dtype == inp.dtype, name
+        assert rel_err(got, wg) < tol, (name, rel_err(got, wg))
+
+
+# (B, K, S, H, W, form, activation, layout): K=1 and K=19, S=1 and 3, every form, softmax on/off,
+# H*W not a multiple of the block, and non-contiguous layouts.
+INTERPRETER_CASES = [
+    (1, 1, 1, 3, 5, "adaptive", None, "contiguous"),
+    (2, 19, 3, 5, 7, "adaptive", "softmax", "sliced"),
+    (2, 19, 3, 6, 7, "adaptive", None, "channels_last"),
+    (1, 3, 1, 4, 9, "adaptive", "softmax", "transposed"),
+    (2, 19, 3, 5, 7, "invariant", None, "contiguous"),
+    (2, 3, 1, 7, 5, "invariant", "softmax", "sliced"),
+    (2, 1, 3, 5, 5, "fixed", None, "sliced"),
+    (3, 19, 3, 4, 7, "fixed", "softmax", "channels_last"),
+    (1, 2, 4, 3, 3, "adaptive", "softmax", "contiguous"),  # S+1 = 5: padded tile rows
+]
+
+
+def _case_id(case):
+    b, k, s, h, w, form, act, layout = case
+    return f"{form}-{act or 'none'}-K{k}-S{s}-{b}x{h}x{w}-{layout}"
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """32-pixel blocks, so the small images above span several blocks and a ragged last one."""
+    monkeypatch.setattr(triton_backend, "block_config", lambda kind, jp, hw: (32, 4))
+
+
+@needs_triton
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", INTERPRETER_CASES, ids=_case_id)
+def test_interpreter_matches_oracle(case, interpret, small_blocks):
+    b, k, s, h, w, form, activation, layout = case
+    side5, sides, weights = make_inputs(b, k, s, h, w, form, layout=layout)
+    grad = torch.randn(b, k, h, w) + 0.2
+    check_against_oracle(side5, sides, weights, grad, activation, tol=1e-5)
+
+
+@needs_triton
+@pytest.mark.interpreter
+@pytest.mark.parametrize("form", ["adaptive", "fixed"])
+def test_interpreter_default_blocks_and_odd_gradients(form, interpret):
+    """Default block sizes; the stride-0 gradient of ``.sum()`` and a W-strided gradient."""
+    b, k, s, h, w = 2, 19, 3, 9, 15
+    side5, sides, weights = make_inputs(b, k, s, h, w, form)
+    leaves = [t.detach().requires_grad_() for t in (side5, sides, weights)]
+    out = dynamic_fuse(*leaves, activation="softmax", backend="triton")
+    got = torch.autograd.grad(out.sum(), leaves)
+    want = oracle_grads(side5, sides, weights, torch.ones(b, k, h, w), "softmax")
+    for g_, w_ in zip(got, want, strict=True):
+        assert rel_err(g_, w_) < 1e-5
+
+    strided = (torch.randn(b, k, h, 2 * w) + 0.2)[..., ::2]
+    out = dynamic_fuse(*leaves, backend="triton")
+    got = torch.autograd.grad(out, leaves, strided)
+    want = oracle_grads(side5, sides, weights, strided, None)
+    for g_, w_ in zip(got, want, strict=True):
+        assert rel_err(g_, w_) < 1e-5
+
+
+@needs_triton
+@pytest.mark.interpreter
+def test_interpreter_wide_offsets_path(interpret, small_blocks, monkeypatch):
+    """The int64 pixel-offset variant (chosen when a per-pixel offset may pass 2**31) computes the
+    same thing; the real large-tensor case runs in the GPU tier."""
+    monkeypatch.setattr(triton_backend, "_needs_wide", lambda *tensors: True)
+    side5, sides, weights = make_inputs(2, 3, 3, 5, 7, "adaptive", layout="sliced")
+    check_against_oracle(side5, sides, weights, torch.randn(2, 3, 5, 7), "softmax", tol=1e-5)
+    side5, sides, weights = make_inputs(2, 3, 3, 5, 7, "invariant")
+    check_against_oracle(side5, sides, weights, torch.randn(2, 3, 5, 7), None, tol=1e-5)
+
+
+@needs_triton
+@pytest.mark.interpreter
+@pytest.mark.parametrize("form", ["invariant", "fixed"])
+def test_interpreter_broadcast_gradients_are_bitwise_deterministic(form, interpret, small_blocks):
+    side5, sides, weights = make_inputs(3, 5, 3, 9, 11, form)
+    grad = torch.randn(3, 5, 9, 11)
+    first = run(side5, sides, weights, grad, "softmax")[1]
+    second = run(side5, sides, weights, grad, "softmax")[1]
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_triton
+@pytest.mark.interpreter
+def test_interpreter_auto_resolves_to_triton_and_float64_falls_back(interpret, monkeypatch):
+    calls = []
+    real = triton_backend._launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        calls.append(args[0].dtype)
+        return real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(triton_backend, "_launch", spy)
+    side5, sides, weights = make_inputs(1, 2, 3, 4, 5, "adaptive")
+    out = dynamic_fuse(side5, sides, weights)  # backend="auto"
+    torch.testing.assert_close(out.double(), oracle_fuse(side5, sides, weights), rtol=1e-5,
+                               atol=1e-5)
+    # float64 takes the lean torch path inside triton_fuse (exact in float64).
+    d = make_inputs(1, 2, 3, 2, 3, "adaptive", dtype=torch.float64)
+    out64 = dynamic_fuse(*d, activation="softmax", backend="triton")
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64, oracle_fuse(*d, "softmax"), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda a, c, w: dynamic_fuse(a, c, w, activation="softmax", backend="triton"),
+        [t.requires_grad_() for t in d],
+    )
+    # Kernels were launched for the float32 call only.
+    assert calls == [torch.float32]
+
+
+@needs_triton
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    side5, sides, weights = make_inputs(1, 2, 3, 4, 5, "adaptive")
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        dynamic_fuse(side5, sides, weights, backend="triton")
+
+
+@needs_triton
+def test_triton_missing_raises_clear_error(monkeypatch):
+    monkeypatch.setattr(triton_backend, "_triton_installed", lambda: False)
+    side5, sides, weights = make_inputs(1, 2, 3, 4, 5, "adaptive")
+    with pytest.raises(RuntimeError, match="needs the 'triton' package"):
+        triton_backend.triton_fuse(side5, sides, weights, "adaptive", None)
+    assert triton_backend.is_available() is False
+
+
+def test_package_imports_and_reports_without_triton():
+    """With Triton unimportable, dynfuse imports, is_available() is False and backend="triton"
+    names the missing package (run in a fresh interpreter where ``triton`` is blocked)."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, dynfuse\n"
+        "from dynfuse.ops import dynamic_fuse, triton_backend\n"
+        "assert triton_backend.is_available() is False\n"
+        "a, c, w = torch.ones(1, 2, 3, 3), torch.ones(1, 1, 3, 3), torch.ones(2, 2)\n"
+        "assert dynamic_fuse(a, c, w).shape == (1, 2, 3, 3)\n"  # auto -> torch
+        "try:\n"
+        "    dynamic_fuse(a, c, w, backend='triton')\n"
+        "except RuntimeError as e:\n"
+        "    assert \"needs the 'triton' package\" in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU tier
+# ------------------------------------------------------------------------------------------------
+GPU_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+GPU_CASES = [
+    (2, 19, 3, 37, 45, "adaptive", None, "contiguous"),
+    (2, 19, 3, 37, 45, "adaptive", "softmax", "sliced"),
+    (2, 1, 1, 33, 31, "adaptive", "softmax", "channels_last"),
+    (2, 19, 3, 21, 40, "invariant", "softmax", "transposed"),
+    (3, 19, 3, 50, 47, "invariant", None, "contiguous"),
+    (2, 5, 1, 33, 65, "fixed", None, "sliced"),
+    (2, 19, 3, 64, 64, "fixed", "softmax", "contiguous"),
+    (1, 4, 4, 30, 31, "adaptive", "softmax", "contiguous"),
+]
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(GPU_TOL), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
+def test_gpu_matches_oracle(case, dtype, poison):
+    b, k, s, h, w, form, activation, layout = case
+    side5, sides, weights = make_inputs(b, k, s, h, w, form, layout=layout, device="cuda",
+                                        dtype=dtype)
+    grad = (torch.randn(b, k, h, w, device="cuda") + 0.2).to(dtype)
+    check_against_oracle(side5, sides, weights, grad, activation, tol=GPU_TOL[dtype])
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("form", ["adaptive", "invariant", "fixed"])
+def test_gpu_gradients_bitwise_deterministic(form):
+    side5, sides, weights = make_inputs(4, 19, 3, 96, 80, form, device="cuda")
+    grad = torch.randn(4, 19, 96, 80, device="cuda")
+    first = run(side5, sides, weights, grad, "softmax")
+    second = run(side5, sides, weights, grad, "softmax")
+    assert torch.equal(first[0], second[0])
+    for a, b in zip(first[1], second[1], strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_gpu_autocast_runs_in_autocast_dtype():
+    side5, sides, weights = make_inputs(2, 19, 3, 20, 24, "adaptive", device="cuda")
+    grad = torch.randn(2, 19, 20, 24, device="cuda")
+    leaves = [t.detach().requires_grad_() for t in (side5, sides, weights)]
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = dynamic_fuse(*leaves, activation="softmax", backend="triton")
+    assert out.dtype == torch.float16
+    got = torch.autograd.grad(out, leaves, grad.half())
+    cpu = [t.detach().cpu().double() for t in (side5, sides, weights)]
+    assert rel_err(out, oracle_fuse(*cpu, "softmax")) < 2e-3
+    for g_, inp, w_ in zip(got, leaves, oracle_grads(*cpu, grad.cpu().double(), "softmax"),
+                           strict=True):
+        assert g_.dtype == inp.dtype  # the cast's backward returns the leaves' dtype
+        assert rel_err(g_, w_) < 2e-3
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_more_than_2_31_elements():
+    """side5 holds more than 2**31 elements per image, stored channels_last so that even the
+    per-pixel offsets pass 2**31 (the int64 kernel variant); the gradient is a stride-0 expand."""
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("needs 40 GB of GPU memory")
+    b, k, s, h, w = 1, 1100, 1, 1024, 2048  # 2.3e9 elements per (B, K, H, W) tensor, bfloat16
+    dev, dt = "cuda", torch.bfloat16
+    side5 = torch.randn(b, k, h, w, device=dev, dtype=dt).contiguous(
+        memory_format=torch.channels_last
+    )
+    sides = torch.randn(b, s, h, w, device=dev, dtype=dt)
+    weights = torch.randn(k, s + 1, device=dev, dtype=dt, requires_grad=True)
+    side5.requires_grad_()
+
+    def want(c):
+        return weights[c, 0].float() * side5[0, c].float() + weights[c, 1].float() * sides[
+            0, 0
+        ].float()
+
+    out = dynamic_fuse(side5, sides, weights, backend="triton")
+    for c in (0, 7, k - 1):
+        assert rel_err(out[0, c], want(c)) < 1e-2, c
+    del out
+    grad = torch.ones(1, 1, 1, 1, device=dev, dtype=dt).expand(b, k, h, w)
+    d5, dw = torch.autograd.grad(
+        dynamic_fuse(side5, sides, weights, backend="triton"), (side5, weights), grad
+    )
+    for c in (0, k - 1):
+        assert torch.all(d5[0, c] == weights[c, 0].detach()), c
+        want_dw = side5[0, c].double().sum().item()
+        assert abs(dw[c, 0].double().item() - want_dw) <= 1e-2 * (abs(want_dw) + (h * w) ** 0.5), c
+
+
+class _TinyHead(torch.nn.Module):
+    """1x1 convolutions producing side5, sides and adaptive weights, then the fused op."""
+
+    def __init__(self, k: int, s: int, activation):
+        super().__init__()
+        self.k, self.s, self.activation = k, s, activation
+        self.side5 = torch.nn.Conv2d(8, k, 1)
+        self.sides = torch.nn.Conv2d(8, s, 1)
+        self.weights = torch.nn.Conv2d(8, k * (s + 1), 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        weights = self.weights(x).view(b, self.k, self.s + 1, h, w)
+        return dynamic_fuse(self.side5(x), self.sides(x), weights, activation=self.activation,
+                            backend="triton")
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", [None, "softmax"])
+def test_gpu_torch_compile_fullgraph(activation):
+    torch.manual_seed(0)
+    head = _TinyHead(19, 3, activation).cuda()
+    x = torch.randn(2, 8, 40, 36, device="cuda")
+
+    def step(model, inp):
+        out = model(inp)
+        loss = (out.float() ** 2).mean()
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        return out, grads
+
+    eager_out, eager_grads = step(head, x)
+    torch._dynamo.reset()
+    compiled = torch.compile(head, fullgraph=True)
+    out, grads = step(compiled, x)
+    torch.testing.assert_close(out, eager_out, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
