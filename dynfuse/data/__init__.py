@@ -12,6 +12,7 @@ from .codecs import (
     write_edge_bin,
     write_edge_png,
 )
+from .datasets import CITYSCAPES_CLASSES, SBD, SBD_CLASSES, Cityscapes, EdgeListDataset
 from .edges import disc_offsets, mask_to_edges
 from .synthetic import Synthetic, SyntheticScene
 from .transforms import (
@@ -30,6 +31,11 @@ from .transforms import (
 )
 
 __all__ = [
+    "CITYSCAPES_CLASSES",
+    "SBD",
+    "SBD_CLASSES",
+    "Cityscapes",
+    "EdgeListDataset",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CenterCrop",
