@@ -125,3 +125,41 @@ def test_amp_runs_on_cpu(tmp_path, amp):
     assert all(math.isfinite(r["loss"]) for r in trainer.history if r["kind"] == "train")
     ck = load_checkpoint(trainer.checkpoint_path)
     assert bool(ck["scaler"]) == (amp == "fp16")
+
+
+def _fake_prepared_root(root: Path, num_classes: int, sizes: dict[str, list[tuple[int, int]]]):
+    """A dynfuse-prepare style tree: images, bit-packed edge PNGs and <split>.txt lists."""
+    import numpy as np
+    from PIL import Image
+
+    from dynfuse.data import write_edge_png
+
+    rng = np.random.default_rng(0)
+    for split, shapes in sizes.items():
+        lines = []
+        for i, (h, w) in enumerate(shapes):
+            img = f"images/{split}_{i}.png"
+            edg = f"edges/{split}_{i}.png"
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            (root / "edges").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / img)
+            write_edge_png(root / edg, rng.random((num_classes, h, w)) > 0.9)
+            lines.append(f"{img} {edg}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("dataset,k", [("cityscapes", 19), ("sbd", 20)])
+def test_prepared_datasets_train(tmp_path, dataset, k):
+    root = tmp_path / "data"
+    # SBD validation pads to 512 x 512 as the paper does; one small image keeps it quick
+    _fake_prepared_root(root, k, {"train": [(30, 44), (41, 36)], "val": [(27, 35)]})
+    out = tmp_path / "run"
+    rc = main(["--dataset", dataset, "--data-root", str(root), "--backbone", "tiny",
+               "--crop-size", "24", "--batch-size", "2", "--epochs", "1", "--workers", "0",
+               "--device", "cpu", "--val-thresholds", "3", "--output-dir", str(out),
+               "--no-progress", "--no-tensorboard"])
+    assert rc == 0
+    ck = load_checkpoint(out / "final.pt")
+    assert ck["config"]["num_classes"] == k and ck["config"]["lr"] == (
+        0.08 if dataset == "cityscapes" else 0.05)
+    assert len(read_jsonl(out / "metrics.jsonl", kind="val")) == 1

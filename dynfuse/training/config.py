@@ -109,6 +109,7 @@ class TrainConfig:
     sync_bn: str = "auto"
     train_length: int | None = None
     val_length: int | None = None
+    cache: bool = True
     tensorboard: bool = True
     progress: bool = True
 
@@ -183,6 +184,8 @@ def build_parser(prog: str = "dynfuse-train") -> argparse.ArgumentParser:
                    help="synthetic only: number of training scenes")
     d.add_argument("--val-length", type=int, default=None,
                    help="synthetic only: number of validation scenes")
+    d.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="synthetic only: render scenes once and keep them in memory")
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=("dff", "casenet"), default="dff")
     m.add_argument("--backbone", default=None, help="resnet50, resnet101 or tiny")
@@ -269,6 +272,7 @@ def parse_config(argv: Sequence[str] | None = None, prog: str = "dynfuse-train")
         "sync_bn": args.sync_bn,
         "train_length": pick("train_length"),
         "val_length": pick("val_length"),
+        "cache": args.cache,
         "tensorboard": not args.no_tensorboard,
         "progress": not args.no_progress,
     }

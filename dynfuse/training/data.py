@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .distributed import DistContext
 
 __all__ = ["ShardSampler", "build_datasets", "build_train_loader", "build_val_loader",
-           "epoch_seed"]
+           "cache_raw_samples", "epoch_seed"]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -38,6 +38,42 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class _CachedLoad:
+    """Replaces an ``EdgeDataset``'s ``load``: returns a shallow copy of a pre-rendered sample."""
+
+    def __init__(self, samples: list[dict[str, Any]]) -> None:
+        self.samples = samples
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        return dict(self.samples[index])
+
+
+def _load_range(dataset: Any, start: int, stop: int) -> list[dict[str, Any]]:
+    return [dataset.load(i) for i in range(start, stop)]
+
+
+def cache_raw_samples(dataset: Any, processes: int = 0) -> Any:
+    """Render every raw sample of a procedural ``EdgeDataset`` once and keep it in memory.
+
+    The dataset's ``load`` is replaced by a lookup, so augmentation (the ``transform``) and
+    normalisation still run per access and results are identical to the uncached dataset.
+    ``processes`` > 1 renders in a fork pool (a GPU run's CPU would otherwise starve the GPU).
+    """
+    n = len(dataset)
+    if processes > 1 and n > processes:
+        import multiprocessing as mp
+
+        bounds = np.linspace(0, n, processes + 1).astype(int)
+        with mp.get_context("fork").Pool(processes) as pool:
+            ranges = [(dataset, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            parts = pool.starmap(_load_range, ranges)
+        samples = [s for part in parts for s in part]
+    else:
+        samples = _load_range(dataset, 0, n)
+    dataset.load = _CachedLoad(samples)
+    return dataset
 
 
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
@@ -59,22 +95,27 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         train = Synthetic(length=config.train_length or 320, split="train",
                                transform=train_transforms(crop), **kwargs)
         val = Synthetic(length=config.val_length or 32, split="val", **kwargs)
+        if config.cache:
+            cache_raw_samples(train, config.workers)
+            cache_raw_samples(val, config.workers)
         return train, val
     if config.dataset == "cityscapes":
         from dynfuse.data import Cityscapes
 
         # Paper: random short side in [0.75, 2] x base size 640, mirror, crop; full-size val.
         short_side = (round(0.75 * crop), 2 * crop)
-        train = Cityscapes(config.data_root, "train",
-                                transform=train_transforms(crop, short_side=short_side))
-        val = Cityscapes(config.data_root, "val")
+        train = Cityscapes(config.data_root, "train", num_classes=config.num_classes,
+                           transform=train_transforms(crop, short_side=short_side))
+        val = Cityscapes(config.data_root, "val", num_classes=config.num_classes)
         return train, val
     if config.dataset == "sbd":
         from dynfuse.data import SBD
 
         # Paper: scales are applied offline (dynfuse-prepare sbd); val padded to 512 x 512.
-        train = SBD(config.data_root, "train", transform=train_transforms(crop))
-        val = SBD(config.data_root, "val", transform=val_transforms(512))
+        train = SBD(config.data_root, "train", transform=train_transforms(crop),
+                    num_classes=config.num_classes)
+        val = SBD(config.data_root, "val", transform=val_transforms(512),
+                  num_classes=config.num_classes)
         return train, val
     raise ValueError(f"unknown dataset {config.dataset!r}")
 
