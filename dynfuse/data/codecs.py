@@ -72,11 +72,16 @@ def encode_edge_png(edges: Any) -> np.ndarray:
     """(K, H, W) bool edges (K <= 24) -> (H, W, 3) uint8 RGB with the authors' bit layout."""
     arr = _as_edges(edges, MAX_PNG_CLASSES)
     k, h, w = arr.shape
-    bits = np.zeros((h, w, 24), dtype=bool)
-    bits[..., :k] = arr.transpose(1, 2, 0)
-    # Little bit order: byte 0 holds classes 0-7 (blue), byte 1 8-15 (green), byte 2 16-23 (red).
-    bgr = np.packbits(bits, axis=2, bitorder="little")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    # Accumulate the 24-bit word, then split it into bytes: a loop over K full-image passes is
+    # about twice as fast as np.packbits over a (H, W, 24) bit array.
+    value = np.zeros((h, w), dtype="<u4")
+    plane = np.empty((h, w), dtype="<u4")
+    for c in range(k):
+        plane[...] = arr[c]
+        plane <<= np.uint32(c)
+        value |= plane
+    bgra = value.view(np.uint8).reshape(h, w, 4)  # little-endian bytes: B, G, R, 0
+    return np.ascontiguousarray(bgra[..., 2::-1])
 
 
 def decode_edge_png(rgb: Any, num_classes: int) -> np.ndarray:
@@ -87,8 +92,15 @@ def decode_edge_png(rgb: Any, num_classes: int) -> np.ndarray:
         raise ValueError(f"rgb: expected shape (H, W, 3), got {arr.shape}")
     if arr.dtype != np.uint8:
         raise TypeError(f"rgb: expected dtype uint8, got {arr.dtype}")
-    bits = np.unpackbits(arr[..., ::-1], axis=2, count=k, bitorder="little")
-    return np.ascontiguousarray(bits.transpose(2, 0, 1)).astype(bool)
+    value = (
+        (arr[..., 0].astype(np.uint32) << np.uint32(16))
+        | (arr[..., 1].astype(np.uint32) << np.uint32(8))
+        | arr[..., 2]
+    )
+    out = np.empty((k, *value.shape), dtype=bool)
+    for c in range(k):
+        np.not_equal(value & np.uint32(1 << c), 0, out=out[c])
+    return out
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
