@@ -172,3 +172,12 @@ def test_small_cnn_learns_the_edges():
             opt.step()
     after = _best_pixel_f(model, val_batch, 4)
     assert after > before + 0.2, (before, after)
+
+
+def test_worker_processes_give_the_same_items():
+    ds = Synthetic(3, 24, length=6, seed=4)
+    single = list(DataLoader(ds, batch_size=3, num_workers=0))
+    multi = list(DataLoader(ds, batch_size=3, num_workers=2))
+    for a, b in zip(single, multi, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["edges"], b["edges"])
+        assert a["name"] == b["name"]

@@ -247,3 +247,31 @@ def test_loss_value_is_sane_for_perfect_and_inverted_predictions():
     expected = (16 * 30.0 * beta + (2 * 256 - 16) * 30.0) / (2 * 256)
     assert reweighted_edge_loss(bad, y).item() == pytest.approx(expected, rel=1e-5)
     assert math.isfinite(reweighted_edge_loss(bad, y).item())
+
+
+def test_under_cpu_autocast():
+    gen = torch.Generator().manual_seed(9)
+    x, y, m = random_case(gen, b=2, k=3, h=8, w=8)
+    conv = torch.nn.Conv2d(3, 3, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(x)
+        loss = reweighted_edge_loss(logits, y, m)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(conv.weight.grad).all()
+    torch.testing.assert_close(loss, reweighted_edge_loss(logits.float(), y, m))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_cpu(dtype):
+    gen = torch.Generator().manual_seed(10)
+    x, y, m = random_case(gen, b=3, k=19, h=33, w=47)
+    x = x.to(dtype)
+    for per_class in (False, True):
+        cpu = reweighted_edge_loss(x, y, m, per_class=per_class)
+        gpu = reweighted_edge_loss(x.cuda(), y.cuda(), m.cuda(), per_class=per_class)
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="valid_mask"):
+        reweighted_edge_loss(x.cuda(), y.cuda(), m)
