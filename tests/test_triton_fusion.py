@@ -142,7 +142,7 @@ def _case_id(case):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """32-pixel blocks, so the small images above span several blocks and a ragged last one."""
-    monkeypatch.setattr(triton_backend, "block_config", lambda kind, jp, hw: (32, 4))
+    monkeypatch.setattr(triton_backend, "block_config", lambda *args: (32, 4))
 
 
 @needs_triton
@@ -385,10 +385,9 @@ class _TinyHead(torch.nn.Module):
 
 @needs_cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("activation", [None, "softmax"])
-def test_gpu_torch_compile_fullgraph(activation):
+def test_gpu_torch_compile_fullgraph():
     torch.manual_seed(0)
-    head = _TinyHead(19, 3, activation).cuda()
+    head = _TinyHead(19, 3, "softmax").cuda()
     x = torch.randn(2, 8, 40, 36, device="cuda")
 
     def step(model, inp):
