@@ -190,6 +190,15 @@ def test_bad_inputs():
         mask_to_edges(labels, 2, ignore=np.zeros((3, 3), dtype=bool))
     with pytest.raises(ValueError, match="radius"):
         mask_to_edges(labels, 2, radius=float("nan"))
+    with pytest.raises(TypeError, match="ignore"):
+        mask_to_edges(labels, 2, ignore="3")
+    with pytest.raises(TypeError, match="ignore"):
+        mask_to_edges(labels, 2, ignore=[0.5])
+    # A single value works as well as a collection.
+    labels[1, 1] = 1
+    single = mask_to_edges(labels, 2, ignore=1)
+    np.testing.assert_array_equal(single, mask_to_edges(labels, 2, ignore=[1]))
+    assert not single.any()
 
 
 def test_large_map_is_vectorised():

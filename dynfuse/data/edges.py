@@ -76,10 +76,13 @@ def _ignore_mask(ignore: Any, labels: np.ndarray) -> np.ndarray:
                 f"got {ignore.shape}"
             )
         return ignore
-    if isinstance(ignore, (int, np.integer)):
+    if isinstance(ignore, (int, np.integer)) and not isinstance(ignore, bool):
         values = [int(ignore)]
-    elif isinstance(ignore, Iterable):
-        values = [int(v) for v in np.asarray(list(ignore)).ravel()] if ignore is not None else []
+    elif isinstance(ignore, Iterable) and not isinstance(ignore, (str, bytes)):
+        arr = np.asarray(list(ignore)).ravel()
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"ignore: expected integer label values, got dtype {arr.dtype}")
+        values = [int(v) for v in arr]
     else:
         raise TypeError(
             "ignore: expected a bool (H, W) mask or a collection of label values, "
