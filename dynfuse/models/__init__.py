@@ -1,6 +1,7 @@
 """DFF and CASENet models, builders by name, and loading of the authors' checkpoints."""
 
 from .edge import DFF, CASENet, CheckpointedAdaptiveLearner, EdgeModel
+from .export import export_onnx, fusion_backend
 from .official import (
     convert_official_state_dict,
     load_official_casenet,
@@ -26,6 +27,8 @@ __all__ = [
     "create_backbone",
     "create_model",
     "create_table1_model",
+    "export_onnx",
+    "fusion_backend",
     "list_models",
     "load_official_casenet",
     "load_official_dff",

@@ -1,0 +1,111 @@
+"""ONNX export of DFF / CASENet models.
+
+We use PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): on these
+models it takes well under a second, where the ``torch.export``-based one takes ~15 s on the tiny model
+and specialises the image height and width anyway (the heads crop every upsampled map to the input
+size, which both exporters record as constants). So an exported graph serves one image size, with a
+dynamic batch; export once per deployment size (the authors' test pipelines pad to a fixed crop).
+
+The fusion runs through the plain-op "reference" backend during export (the Triton and lean paths
+are custom autograd functions with no ONNX symbolic); the model's own backend is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..layers import DynamicFusion, FixedFusion
+from .edge import EdgeModel
+
+__all__ = ["export_onnx", "fusion_backend"]
+
+OUTPUT_NAMES = ("side5", "fuse", "weights")
+
+
+@contextlib.contextmanager
+def fusion_backend(model: nn.Module, backend: str) -> Iterator[nn.Module]:
+    """Temporarily set the fusion backend of every fusion module in ``model``."""
+    mods = [m for m in model.modules() if isinstance(m, (DynamicFusion, FixedFusion))]
+    saved = [m.backend for m in mods]
+    try:
+        for m in mods:
+            m.backend = backend
+        yield model
+    finally:
+        for m, b in zip(mods, saved, strict=True):
+            m.backend = b
+
+
+class _Outputs(nn.Module):
+    """The model's outputs as a plain tuple of the first ``n`` (what the ONNX graph returns)."""
+
+    def __init__(self, model: nn.Module, n: int):
+        super().__init__()
+        self.model = model
+        self.n = n
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(images))[: self.n]
+
+
+def export_onnx(
+    model: EdgeModel,
+    path: str | os.PathLike[str] | io.BytesIO,
+    image_size: Sequence[int],
+    *,
+    batch_size: int = 1,
+    dynamic_batch: bool = True,
+    opset_version: int = 17,
+    in_channels: int = 3,
+) -> None:
+    """Export ``model`` (eval mode) to ONNX with inputs ``images`` (B, C, H, W) float32 and outputs
+    ``side5``, ``fuse`` (B, K, H, W) logits and ``weights`` (the fusion weights; not an output for
+    fixed fusion -- CASENet or ``learner="fixed"`` -- whose weights are graph constants).
+
+    Args:
+        model: a DFF / CASENet model; exported in eval mode (its mode is restored afterwards).
+        path: file path or a writable binary buffer.
+        image_size: (H, W) the graph is specialised to; any H, W (not only multiples of 8).
+        batch_size: batch of the example input; with ``dynamic_batch`` any batch runs.
+        opset_version: ONNX opset (17 is supported by onnxruntime >= 1.14).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
+        raise ValueError(f"image_size must be (H, W) with positive sides, got {tuple(image_size)}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    example = torch.zeros(batch_size, in_channels, int(image_size[0]), int(image_size[1]), device=device)
+    learner = getattr(getattr(model, "head", None), "learner", None)
+    # Fixed (CASENet-style) weights are constants of the graph, not an output.
+    names = list(OUTPUT_NAMES[:2]) if isinstance(learner, FixedFusion) else list(OUTPUT_NAMES)
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: "batch"} for name in ["images", *names]}
+    was_training = model.training
+    model.eval()
+    try:
+        with fusion_backend(model, "reference"), warnings.catch_warnings(), torch.no_grad():
+            # The tracer warns about every shape check turned into a constant; the graph is
+            # specialised to image_size on purpose (see the module docstring).
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                _Outputs(model, len(names)),
+                (example,),
+                path if isinstance(path, io.BytesIO) else os.fspath(path),
+                input_names=["images"],
+                output_names=names,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset_version,
+                dynamo=False,
+            )
+    finally:
+        model.train(was_training)
