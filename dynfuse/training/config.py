@@ -51,21 +51,24 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "device": "auto",
     },
     "synthetic": {
+        # From scratch (no pretrained backbone) the tiny DFF wants a higher rate than the paper's
+        # fine-tuning: on 8 epochs of 256 scenes, val loss 0.90 / 0.43 / 0.26 / 0.27 for lr
+        # 0.01 / 0.03 / 0.1 / 0.3 (H100 sweep, seed 0).
         "num_classes": 4,
         "backbone": "tiny",
-        "lr": 0.01,
+        "lr": 0.1,
         "batch_size": 8,
         "crop_size": 64,
-        "epochs": 12,
+        "epochs": 8,
         "workers": 0,
-        "val_every": 4,
+        "val_every": 2,
         "val_max_images": None,
         "val_max_dist": 0.02,
         "val_thresholds": 19,
-        "log_every": 10,
+        "log_every": 8,
         "val_at_start": True,
         "device": "cpu",
-        "train_length": 320,
+        "train_length": 256,
         "val_length": 32,
     },
 }
@@ -86,10 +89,10 @@ class TrainConfig:
     num_classes: int = 4
     pretrained_backbone: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 8
     crop_size: int = 64
-    lr: float = 0.01
+    lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
     head_lr_mult: float = 10.0
@@ -98,7 +101,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     workers: int = 0
-    val_every: int = 4
+    val_every: int = 2
     val_max_images: int | None = None
     val_max_dist: float = 0.02
     val_thresholds: int = 19

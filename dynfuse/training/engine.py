@@ -213,10 +213,13 @@ class Trainer:
         except ImportError:
             print(text, flush=True)
 
-    def _record(self, kind: str, **fields: Any) -> dict[str, Any]:
-        rec = {"kind": kind, "epoch": self.epoch, "iteration": self.iteration, **fields}
+    def _record(self, kind: str, *, epoch: int | None = None, **fields: Any) -> dict[str, Any]:
+        # "epoch" is 1-based: the epoch in progress (train) or just finished (epoch, val);
+        # 0 for a validation of the untrained model.
+        epoch = self.epoch if epoch is None else epoch
+        rec = {"kind": kind, "epoch": epoch, "iteration": self.iteration, **fields}
         self.history.append(rec)
-        self.logger.log(kind, epoch=self.epoch, iteration=self.iteration, **fields)
+        self.logger.log(kind, epoch=epoch, iteration=self.iteration, **fields)
         return rec
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -369,8 +372,8 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 now = time.perf_counter()
                 ips = images_window / max(now - t_window, 1e-9)
-                self._record("train", loss=mean_loss, lr=self.optimizer.param_groups[0]["lr"],
-                             images_per_s=ips)
+                self._record("train", epoch=self.epoch + 1, loss=mean_loss,
+                             lr=self.optimizer.param_groups[0]["lr"], images_per_s=ips)
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
                 epoch_sum += window
