@@ -308,3 +308,38 @@ def test_nonfinite_loss_is_reported(tmp_path):
     trainer.loss_fn = lambda out, e, v: out.fuse.mean() * float("nan")
     with pytest.raises(FloatingPointError, match="lower --lr"):
         trainer.fit()
+
+
+def test_new_run_in_used_folder_starts_a_fresh_log(tmp_path, capsys):
+    make_trainer(tmp_path, "same", epochs=1, val_every=0).fit()
+    again = make_trainer(tmp_path, "same", epochs=1, val_every=0)
+    assert "holds a checkpoint of an earlier run" in capsys.readouterr().out
+    again.fit()
+    log = read_jsonl(tmp_path / "same" / "metrics.jsonl", kind="train")
+    assert [r["iteration"] for r in log] == list(range(1, again.steps_per_epoch + 1))
+
+
+def test_scoring_maps_half_resolution_matches_block_reference():
+    from dynfuse.training.engine import _scoring_maps
+
+    g = torch.Generator().manual_seed(4)
+    fuse = torch.randn(3, 6, 10, generator=g)
+    edges = (torch.rand(3, 6, 10, generator=g) > 0.85).float()
+    valid = torch.ones(6, 10, dtype=torch.bool)
+    valid[:, 8:] = False  # padding on the right
+    prob, gt = _scoring_maps(fuse, edges, valid, 1.0)
+    p_ref = torch.sigmoid(fuse) * valid
+    assert prob.dtype == np.float16 and np.allclose(prob, p_ref.numpy(), atol=1e-3)
+    assert np.array_equal(gt, ((edges > 0.5) & valid).numpy())
+    prob, gt = _scoring_maps(fuse, edges, valid, 0.5)
+    assert prob.shape == gt.shape == (3, 3, 5)
+    for k in range(3):
+        for y in range(3):
+            for x in range(5):
+                block = p_ref[k, 2 * y:2 * y + 2, 2 * x:2 * x + 2]
+                assert abs(float(prob[k, y, x]) - float(block.mean())) < 1e-3
+                eb = (edges[k, 2 * y:2 * y + 2, 2 * x:2 * x + 2] > 0.5) & valid[2 * y:2 * y + 2,
+                                                                                 2 * x:2 * x + 2]
+                assert bool(gt[k, y, x]) == bool(eb.any())
+    with pytest.raises(ValueError, match="val_scale"):
+        TrainConfig(val_scale=0.0)

@@ -29,8 +29,9 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "epochs": 200,
         "workers": 8,
         "val_every": 10,
-        "val_max_images": 50,
+        "val_max_images": 20,
         "val_max_dist": 0.02,
+        "val_scale": 0.5,
         "val_thresholds": 19,
         "log_every": 20,
         "device": "auto",
@@ -106,6 +107,7 @@ class TrainConfig:
     val_max_dist: float = 0.02
     val_thresholds: int = 19
     val_at_start: bool = False
+    val_scale: float = 1.0
     log_every: int = 10
     output_dir: str = "runs/synthetic-dff"
     resume: str | None = None
@@ -142,6 +144,8 @@ class TrainConfig:
             raise ValueError(f"sync_bn must be 'auto', 'on' or 'off', got {self.sync_bn!r}")
         if not 0 < self.val_max_dist < 1:
             raise ValueError(f"val_max_dist must be in (0, 1), got {self.val_max_dist}")
+        if not 0 < self.val_scale <= 1:
+            raise ValueError(f"val_scale must be in (0, 1], got {self.val_scale}")
         if self.val_max_images is not None and self.val_max_images < 1:
             raise ValueError(f"val_max_images must be >= 1 or None, got {self.val_max_images}")
 
@@ -229,6 +233,8 @@ def build_parser(prog: str = "dynfuse-train") -> argparse.ArgumentParser:
                    help="MF-ODS matching tolerance as a fraction of the image diagonal")
     v.add_argument("--val-thresholds", type=int, default=None,
                    help="thresholds for validation MF-ODS (few = fast)")
+    v.add_argument("--val-scale", type=float, default=None,
+                   help="score MF-ODS at this fraction of the resolution (Cityscapes: 0.5, as SEAL)")
     v.add_argument("--val-at-start", action=argparse.BooleanOptionalAction, default=None,
                    help="also validate the untrained model (default: on for synthetic)")
     return p
@@ -269,6 +275,7 @@ def parse_config(argv: Sequence[str] | None = None, prog: str = "dynfuse-train")
         "val_max_dist": pick("val_max_dist"),
         "val_thresholds": pick("val_thresholds"),
         "val_at_start": bool(pick("val_at_start")),
+        "val_scale": pick("val_scale") or 1.0,
         "log_every": pick("log_every"),
         "output_dir": args.output_dir or f"runs/{args.dataset}-{args.model}",
         "resume": args.resume,

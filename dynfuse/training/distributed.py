@@ -23,6 +23,7 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "cleanup_distributed",
+    "gather_objects",
     "init_distributed",
     "resolve_device",
 ]
@@ -153,4 +154,17 @@ def all_gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
         return [obj]
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_objects(ctx: DistContext, obj: Any, dst: int = 0) -> list[Any] | None:
+    """Gather one picklable object from every rank onto rank ``dst`` (ordered by rank).
+
+    Returns the list on ``dst`` and None elsewhere (``[obj]`` when single); unlike
+    :func:`all_gather_objects` the other ranks never hold everybody's data.
+    """
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] | None = [None] * ctx.world_size if ctx.rank == dst else None
+    dist.gather_object(obj, out, dst=dst)
     return out

@@ -44,6 +44,7 @@ from .distributed import (
     all_reduce_sum,
     barrier,
     cleanup_distributed,
+    gather_objects,
     init_distributed,
 )
 from .metrics_log import MetricsLogger
@@ -126,6 +127,25 @@ def _to_float(output: Any) -> Any:
     return output
 
 
+def _scoring_maps(
+    fuse: torch.Tensor, edges: torch.Tensor, valid: torch.Tensor, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probability (float16, to keep rank 0's memory small) and GT maps of one image for MF-ODS.
+
+    fuse (K, H, W) logits, edges (K, H, W), valid (H, W). Padding is never an edge. With
+    ``scale`` < 1 both are shrunk (probabilities by area averaging, GT by "any edge pixel in the
+    area"), like SEAL's half-resolution Cityscapes protocol.
+    """
+    prob = torch.sigmoid(fuse.float()) * valid
+    gt = (edges > 0.5) & valid
+    if scale != 1.0:
+        h, w = prob.shape[-2:]
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        prob = torch.nn.functional.interpolate(prob[None], size=size, mode="area")[0]
+        gt = torch.nn.functional.interpolate(gt[None].float(), size=size, mode="area")[0] > 0
+    return prob.to(torch.float16).cpu().numpy(), gt.cpu().numpy()
+
+
 class Trainer:
     """One training run.
 
@@ -194,9 +214,14 @@ class Trainer:
         self.iteration = 0  # finished optimiser steps
         self.history: list[dict[str, Any]] = []  # every log/val record of this process
         self.logger = MetricsLogger(self.out_dir, enabled=self.ctx.is_main,
-                                    tensorboard=config.tensorboard)
+                                    tensorboard=config.tensorboard, fresh=not config.resume)
         if config.resume:
             self._resume(config.resume)
+        elif self.checkpoint_path.is_file():
+            self._print(
+                f"note: {self.out_dir} holds a checkpoint of an earlier run; this new run replaces "
+                "it after its first epoch (use --resume auto to continue that run instead)"
+            )
         if self.ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / "config.json", "w", encoding="utf-8") as f:
@@ -414,17 +439,17 @@ class Trainer:
             sums[0] += self.loss_fn(output, edges, valid).to(torch.float64)
             sums[1] += 1
             if self.scorer is not None and idx < limit:
-                prob = torch.sigmoid(output.fuse[0]) * valid[0]  # padding is never an edge
-                preds.append((idx, prob.cpu().numpy().astype(np.float32),
-                              (edges[0] > 0.5).cpu().numpy()))
+                prob, gt = _scoring_maps(output.fuse[0], edges[0], valid[0], cfg.val_scale)
+                preds.append((idx, prob, gt))
         all_reduce_sum(self.ctx, sums)
         metrics = {"loss": float(sums[0] / max(float(sums[1]), 1.0))}
         if self.scorer is not None:
-            gathered = all_gather_objects(self.ctx, preds)
-            if self.ctx.is_main:
+            gathered = gather_objects(self.ctx, preds)
+            if gathered is not None:
                 items = sorted((p for part in gathered for p in part), key=lambda t: t[0])
                 if items:
-                    metrics.update(self.scorer([p for _, p, _ in items], [g for _, _, g in items]))
+                    probs = [p.astype(np.float32) for _, p, _ in items]
+                    metrics.update(self.scorer(probs, [g for _, _, g in items]))
                     metrics["scored_images"] = len(items)
         metrics["seconds"] = time.perf_counter() - t0
         if was_training:

@@ -33,10 +33,11 @@ class MetricsLogger:
         output_dir: run folder (created when enabled).
         enabled: False on non-zero ranks: every method becomes a no-op.
         tensorboard: write TensorBoard event files when ``torch.utils.tensorboard`` imports.
+        fresh: start ``metrics.jsonl`` empty (a new run); False appends (a resumed run).
     """
 
     def __init__(self, output_dir: str | os.PathLike, *, enabled: bool = True,
-                 tensorboard: bool = True) -> None:
+                 tensorboard: bool = True, fresh: bool = False) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._tb = None
@@ -44,6 +45,8 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            self.path.write_text("", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
