@@ -213,15 +213,15 @@ class Trainer:
         self.epoch = 0  # finished epochs
         self.iteration = 0  # finished optimiser steps
         self.history: list[dict[str, Any]] = []  # every log/val record of this process
-        self.logger = MetricsLogger(self.out_dir, enabled=self.ctx.is_main,
-                                    tensorboard=config.tensorboard, fresh=not config.resume)
-        if config.resume:
-            self._resume(config.resume)
-        elif self.checkpoint_path.is_file():
+        resumed = self._resume(config.resume) if config.resume else False
+        if not resumed and self.checkpoint_path.is_file():
             self._print(
                 f"note: {self.out_dir} holds a checkpoint of an earlier run; this new run replaces "
                 "it after its first epoch (use --resume auto to continue that run instead)"
             )
+        # A resumed run appends to its log; a new one starts it afresh.
+        self.logger = MetricsLogger(self.out_dir, enabled=self.ctx.is_main,
+                                    tensorboard=config.tensorboard, fresh=not resumed)
         if self.ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / "config.json", "w", encoding="utf-8") as f:
@@ -257,11 +257,15 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / _CKPT_NAME
 
-    def _resume(self, resume: str) -> None:
+    def _resume(self, resume: str) -> bool:
+        """Load the state of ``resume`` (a path, or "auto": this run's checkpoint if present).
+
+        Returns whether a checkpoint was loaded.
+        """
         path = self.checkpoint_path if resume == "auto" else Path(resume)
         if resume == "auto" and not path.is_file():
             self._print(f"no checkpoint at {path}; starting a new run")
-            return
+            return False
         ckpt = load_checkpoint(path, map_location="cpu")
         saved = ckpt["config"]
         for key in ("model", "backbone", "num_classes"):
@@ -303,6 +307,7 @@ class Trainer:
             )
             seed_everything(epoch_seed(self.config.seed, self.epoch, self.ctx.rank))
         self._print(f"resumed from {path} at epoch {self.epoch}, iteration {self.iteration}")
+        return True
 
     def _checkpoint_dict(self, rng_states: list[Any], fingerprints: list[str]) -> dict[str, Any]:
         return {
