@@ -343,3 +343,27 @@ def test_scoring_maps_half_resolution_matches_block_reference():
                 assert bool(gt[k, y, x]) == bool(eb.any())
     with pytest.raises(ValueError, match="val_scale"):
         TrainConfig(val_scale=0.0)
+
+
+def test_run_killed_mid_epoch_loses_only_that_epoch(tmp_path):
+    straight = make_trainer(tmp_path, "straight")
+    straight.fit()
+    killed = make_trainer(tmp_path, "killed")
+    steps = killed.steps_per_epoch
+    calls = {"n": 0}
+
+    def dying_loss(out, edges, valid):
+        calls["n"] += torch.is_grad_enabled()  # count training steps, not validation
+        if calls["n"] == steps + 2:  # in the middle of the second epoch
+            raise KeyboardInterrupt
+        return simple_loss(out, edges, valid)
+
+    killed.loss_fn = dying_loss
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    ck = load_checkpoint(killed.checkpoint_path)
+    assert (ck["epoch"], ck["iteration"]) == (1, steps)
+    resumed = make_trainer(tmp_path, "killed", resume="auto")
+    resumed.fit()
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
