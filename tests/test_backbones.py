@@ -22,6 +22,15 @@ from dynfuse.backbones import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """Small CPU workloads run faster and steadier on one thread when the cores are shared."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def torchvision_resnet_keys(layers: tuple[int, int, int, int]) -> dict[str, tuple[int, ...]]:
     """Key -> shape of torchvision's ResNet (Bottleneck) state dict, written out independently."""
     keys: dict[str, tuple[int, ...]] = {}

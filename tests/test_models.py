@@ -21,6 +21,15 @@ from dynfuse.models import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """Small CPU workloads run faster and steadier on one thread when the cores are shared."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def _seeded_input(b, h, w, seed=0):
     return torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
@@ -143,12 +152,13 @@ def test_channels_last_matches():
     x = _seeded_input(2, 24, 20)
     out_a, grads_a = _train_step(plain, x)
     out_b, grads_b = _train_step(cl, x)
-    torch.testing.assert_close(out_b.fuse, out_a.fuse, rtol=1e-4, atol=1e-5)
+    scale = float(out_a.fuse.detach().abs().max())
+    torch.testing.assert_close(out_b.fuse, out_a.fuse, rtol=1e-4, atol=1e-5 * scale)
+    # Different summation orders; conv biases in front of a BatchNorm have a zero gradient up to
+    # rounding noise, so tolerances are relative to the largest gradient of the model.
+    gmax = max(float(g.abs().max()) for g in grads_a.values())
     for n, g in grads_a.items():
-        # Different summation orders; conv biases in front of a BatchNorm have a zero gradient up to
-        # rounding, so compare against each gradient's scale and the largest one.
-        atol = 1e-3 * float(g.abs().max()) + 1e-3
-        torch.testing.assert_close(grads_b[n], g, rtol=1e-3, atol=atol, msg=n)
+        torch.testing.assert_close(grads_b[n], g, rtol=1e-3, atol=1e-4 * gmax, msg=n)
 
 
 def test_learner_at_top_resolution():
