@@ -284,3 +284,15 @@ def test_training_reduces_loss_quickly():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_timm_backbone_local_weights(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(11)
+    src = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "resnet18.pth"
+    torch.save(src.state_dict(), path)
+    model = create_model("dff", backbone="timm:resnet18", num_classes=2, pretrained_backbone=path)
+    ours = model.backbone.body.state_dict()
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.running_var"):
+        assert torch.equal(ours[key], src.state_dict()[key]), key
