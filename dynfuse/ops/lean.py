@@ -30,9 +30,16 @@ def _weighted_sum(
 
 
 def _reduce_products(
-    g: torch.Tensor, side5: torch.Tensor, sides: torch.Tensor, form: WeightForm
+    g: torch.Tensor,
+    side5: torch.Tensor,
+    sides: torch.Tensor,
+    form: WeightForm,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Gradient w.r.t. the (activated) coefficients, d c_j = reduce(g * x_j), in g's dtype.
+    """Gradient w.r.t. the (activated) coefficients, d c_j = reduce(g * x_j).
+
+    Per-pixel products are computed in g's dtype and stored in ``out_dtype`` (default g's dtype), so
+    half-precision weights get their gradient without a float32 copy of the whole tensor.
 
     Returns (B, K, S+1, H, W) for adaptive, (B, K, S+1) for invariant and (K, S+1) for fixed weights:
     broadcast axes are summed in float32 with deterministic reductions.
@@ -40,7 +47,7 @@ def _reduce_products(
     b, k, h, w = g.shape
     s = sides.shape[1]
     if form == "adaptive":
-        out = torch.empty((b, k, s + 1, h, w), dtype=g.dtype, device=g.device)
+        out = torch.empty((b, k, s + 1, h, w), dtype=out_dtype or g.dtype, device=g.device)
         xs = [side5] + [sides[:, j : j + 1] for j in range(s)]
         for j, x in enumerate(xs):
             if torch.compiler.is_compiling():
@@ -66,6 +73,20 @@ def _reduce_to_form(t: torch.Tensor, form: WeightForm) -> torch.Tensor:
     return reduced.unsqueeze(-1)
 
 
+def _coefficients(
+    weights: torch.Tensor, form: WeightForm, activation: str | None, ct: torch.dtype
+) -> torch.Tensor:
+    """The (activated) weights as a broadcastable 5-D view.
+
+    Without an activation the weights stay in their dtype and each slice meets float32 operands
+    (mixed-dtype products compute in float32), so half-precision weights are never copied whole; the
+    softmax needs the whole activated tensor, computed in ``ct``.
+    """
+    if activation is None:
+        return as_5d(weights, form)
+    return activate(as_5d(weights, form).to(ct), activation)
+
+
 class _LeanFusion(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -77,7 +98,7 @@ class _LeanFusion(torch.autograd.Function):
         activation: str | None,
     ) -> torch.Tensor:
         ct = compute_dtype(side5.dtype)
-        coeffs = activate(as_5d(weights, form).to(ct), activation)
+        coeffs = _coefficients(weights, form, activation, ct)
         out = _weighted_sum(side5, sides, coeffs, ct)
         ctx.save_for_backward(side5, sides, weights)
         ctx.form = form
@@ -91,7 +112,7 @@ class _LeanFusion(torch.autograd.Function):
         ct = compute_dtype(side5.dtype)
         g = grad.to(ct)
         x5, xs = side5.to(ct), sides.to(ct)
-        coeffs = activate(as_5d(weights, form).to(ct), ctx.activation)
+        coeffs = _coefficients(weights, form, ctx.activation, ct)
         need_side5, need_sides, need_weights = ctx.needs_input_grad[:3]
 
         d_side5 = d_sides = d_weights = None
@@ -105,8 +126,9 @@ class _LeanFusion(torch.autograd.Function):
                 d_sides[:, s] = scratch.sum(dim=1)
             del scratch
         if need_weights:
-            d_coeffs = _reduce_products(g, x5, xs, form)
-            if ctx.activation == "softmax":
+            plain = ctx.activation is None
+            d_coeffs = _reduce_products(g, x5, xs, form, weights.dtype if plain else None)
+            if not plain:
                 # Softmax Jacobian: d w_j = a_j * (d a_j - sum_i a_i d a_i), and
                 # sum_i a_i (g x_i) = g * fused, so the correction is reduce(g * fused).
                 fused = _weighted_sum(x5, xs, coeffs, ct)
