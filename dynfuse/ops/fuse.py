@@ -11,6 +11,9 @@ from .lean import lean_fuse
 from .reference import reference_fuse
 from .validation import check_activation, check_backend, validate_fusion_inputs
 
+# Looked up once: torch.compile cannot trace importlib's machinery inside a compiled region.
+_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
+
 
 def triton_interpreting() -> bool:
     """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors (slowly)."""
@@ -18,7 +21,8 @@ def triton_interpreting() -> bool:
 
 
 def triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Whether the ``triton`` package is installed (checked once, at import)."""
+    return _TRITON_IMPORTABLE
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -30,7 +34,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     check_backend(backend)
     if backend != "auto":
         return backend
-    if triton_importable() and (device.type == "cuda" or triton_interpreting()):
+    if not triton_importable():
+        return "torch"
+    if device.type == "cuda":
+        return "triton"
+    # The interpreter cannot run under torch.compile (fake tensors have no data): compiled CPU code
+    # always takes the lean path.
+    if not torch.compiler.is_compiling() and triton_interpreting():
         return "triton"
     return "torch"
 
