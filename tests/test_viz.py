@@ -1,0 +1,78 @@
+"""Edge-map colouring, fusion-weight panels and PR plots."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dynfuse.viz import (
+    CITYSCAPES_PALETTE,
+    SBD_PALETTE,
+    colorize_edges,
+    fusion_weight_panels,
+    palette_for,
+    plot_pr_curves,
+    save_edge_map,
+    save_fusion_weights,
+)
+
+
+def test_palettes():
+    assert CITYSCAPES_PALETTE.shape == (19, 3) and SBD_PALETTE.shape == (20, 3)
+    assert SBD_PALETTE[0].tolist() == [128, 0, 0] and SBD_PALETTE[14].tolist() == [192, 128, 128]
+    assert palette_for(19) is CITYSCAPES_PALETTE and palette_for(5).shape == (5, 3)
+    assert len({tuple(c) for c in palette_for(7)}) == 7
+
+
+def test_colorize_edges(tmp_path):
+    e = np.zeros((19, 4, 5), dtype=bool)
+    e[0, 1, 1] = True
+    e[13, 2, 2] = True
+    e[0, 3, 3] = e[13, 3, 3] = True
+    img = colorize_edges(e)
+    assert img.shape == (4, 5, 3) and img.dtype == np.uint8
+    assert img[0, 0].tolist() == [255, 255, 255]
+    assert img[1, 1].tolist() == CITYSCAPES_PALETTE[0].tolist()
+    assert img[2, 2].tolist() == CITYSCAPES_PALETTE[13].tolist()
+    mix = (CITYSCAPES_PALETTE[0].astype(float) + CITYSCAPES_PALETTE[13]) / 2
+    assert np.abs(img[3, 3] - mix).max() <= 1
+    soft = colorize_edges(e * 0.5)
+    assert (soft[1, 1] > img[1, 1]).any()
+    save_edge_map(tmp_path / "e.png", e)
+    assert Image.open(tmp_path / "e.png").size == (5, 4)
+    with pytest.raises(ValueError, match="palette"):
+        colorize_edges(e, palette=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="K, H, W"):
+        colorize_edges(e[0])
+
+
+def test_fusion_weight_panels(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(2, 4, 6, 7)).astype(np.float32)
+    img = fusion_weight_panels(w, class_index=1, gap=2)
+    assert img.shape == (6, 4 * 7 + 3 * 2, 3)
+    assert (img[:, 7:9] == 255).all()  # gap
+    # The largest weight shows the top of the colour ramp, the smallest its bottom.
+    j, y, x = np.unravel_index(int(np.argmax(w[1])), w[1].shape)
+    assert img[y, j * 9 + x].tolist() == [253, 231, 37]
+    j, y, x = np.unravel_index(int(np.argmin(w[1])), w[1].shape)
+    assert img[y, j * 9 + x].tolist() == [68, 1, 84]
+    save_fusion_weights(tmp_path / "w.png", w[0])
+    assert Image.open(tmp_path / "w.png").size == (4 * 7 + 3 * 4, 6)
+    torch = pytest.importorskip("torch")
+    assert fusion_weight_panels(torch.from_numpy(w), 0).shape == img.shape[:1] + (4 * 7 + 12, 3)
+    with pytest.raises(ValueError, match="class_index"):
+        fusion_weight_panels(w)
+    with pytest.raises(ValueError, match="weights"):
+        fusion_weight_panels(w[0, 0])
+
+
+def test_plot_pr_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dynfuse.eval import evaluate_edges
+    from dynfuse.eval.synthetic import synthetic_sample
+
+    p, g, _ = synthetic_sample((32, 40), 2, seed=1, num_cells=5)
+    res = evaluate_edges([p], [g], thresholds=9)
+    plot_pr_curves(tmp_path / "pr.png", res)
+    assert Image.open(tmp_path / "pr.png").size[0] > 100
+    plot_pr_curves(tmp_path / "pr2.png", res.to_dict(), classes=[1])
