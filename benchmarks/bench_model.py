@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_model.py            # CUDA if available (full GPU preset), else CPU preset
-    python benchmarks/bench_model.py --quick    # GPU: DFF-R50 and DFF-R101 at 640x640, batch 8 (~2 min)
+    python benchmarks/bench_model.py --quick    # GPU: DFF-R50/R101 at 640x640, batch 8 (~2 min)
     python benchmarks/bench_model.py --device cpu
 
 One training step = forward, the DFF loss (reweighted BCE on side5 and fuse, dynfuse.losses), backward
@@ -20,9 +20,9 @@ edge targets with K = 19 classes (Cityscapes). Configurations:
                        different model from the paper's, listed for its memory)
 
 Every configuration runs in its own child process, so one's memory never pollutes another's: on CUDA
-the peak is ``torch.cuda.max_memory_allocated`` over the timed steps (parameters, gradients, optimiser
-state and activations); on CPU it is the child's peak resident set (``ru_maxrss``, which includes
-the ~0.3-0.5 GB of the Python process itself), with the resident set before the first step also shown.
+the peak is ``torch.cuda.max_memory_allocated`` over the steps (parameters, gradients, optimiser
+state and activations); on CPU it is the child's peak resident set (``ru_maxrss``) minus its resident
+set just before the first step (process, model and data), i.e. what the training steps added.
 Time is the median over the timed steps after warm-up steps (CUDA synchronised). Columns "speed-up"
 and "memory" are ratios against the "authors" configuration of the same model, crop and batch.
 A markdown record (device, versions, date, command) goes to benchmarks/results/model_<device>.md and
@@ -74,9 +74,9 @@ ALL = list(CONFIGS)
 
 # (backbone, crop, batch, configs)
 PRESETS: dict[str, list[tuple[str, int, int, list[str]]]] = {
-    "gpu-quick": [
+    "gpu-quick": [  # the issue's targets: R50 speed/memory vs authors, R101 fits in 40 GB
         ("resnet50", 640, 8, MAIN),
-        ("resnet101", 640, 8, MAIN),
+        ("resnet101", 640, 8, ["fast", "fast+ckpt"]),
     ],
     "gpu": [
         ("resnet50", 352, 16, MAIN),
@@ -178,8 +178,10 @@ def run_child(spec: dict) -> dict:
     if device.type == "cuda":
         result["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     else:
-        result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        result["rss_peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         result["base_gb"] = base_rss
+        # What the training steps added on top of the process, model and data.
+        result["peak_gb"] = result["rss_peak_gb"] - base_rss
     return result
 
 
@@ -244,11 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="the short preset of the device")
     p.add_argument("--preset", choices=sorted(PRESETS), help="override the preset")
     p.add_argument("--configs", help="comma-separated subset of configurations")
-    p.add_argument("--steps", type=int, help="timed steps per run (default 5 GPU, 3 CPU)")
-    p.add_argument("--warmup", type=int, help="untimed steps first (default 3 GPU, 1 CPU)")
+    p.add_argument("--steps", type=int, help="timed steps per run (default 5; 3 with --quick)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 2 GPU, 1 CPU)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per child (0: torch default)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
     p.add_argument("--out", type=Path, help="markdown record path (default results/model_<dev>.md)")
+    p.add_argument("--note", help="a remark for the record (e.g. machine load)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -264,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
     preset = args.preset or (("gpu" if device == "cuda" else "cpu") + ("-quick" if args.quick else ""))
-    steps = args.steps or (5 if device == "cuda" else 3)
-    warmup = args.warmup if args.warmup is not None else (3 if device == "cuda" else 1)
+    steps = args.steps or (3 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (2 if device == "cuda" else 1)
     only = set(args.configs.split(",")) if args.configs else None
     if only and not only <= set(CONFIGS):
         p.error(f"unknown configs {sorted(only - set(CONFIGS))}; known: {list(CONFIGS)}")
@@ -300,20 +303,44 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row['model']:>15} {crop:4d}x{crop:<4d} b{batch:<3d} {name:>19}: "
                       f"{res['status']}", flush=True)
 
-    write_record(rows, env, device, preset, steps, warmup, args)
+    checks = headline(rows) if device == "cuda" else []
+    for line in checks:
+        print(line)
+    write_record(rows, env, device, preset, steps, warmup, args, checks)
     return 0
 
 
-def write_record(rows, env, device, preset, steps, warmup, args) -> None:
+def headline(rows: list[dict]) -> list[str]:
+    """The issue's targets at 640x640, batch 8: R50 fast >= 2.5x authors' images/s at <= 0.5x its
+    peak memory; R101 fast fits in 40 GB."""
+    out = []
+    for r in rows:
+        if r.get("status") != "ok" or r["crop"] != 640 or r["batch"] != 8 or r["config"] == "authors":
+            continue
+        if r["model"] == "DFF-resnet50" and r["speedup"] is not None:
+            ok = r["speedup"] >= 2.5 and r["mem_ratio"] <= 0.5
+            out.append(f"target R50 640 b8 {r['config']}: x{r['speedup']:.2f} images/s (>= 2.5), "
+                       f"x{r['mem_ratio']:.2f} peak memory (<= 0.5): {'PASS' if ok else 'MISS'}")
+        if r["model"] == "DFF-resnet101":
+            ok = r["peak_gb"] <= 40.0
+            out.append(f"target R101 640 b8 {r['config']}: peak {r['peak_gb']:.1f} GB (<= 40): "
+                       f"{'PASS' if ok else 'MISS'}")
+    return out
+
+
+def write_record(rows, env, device, preset, steps, warmup, args, checks=()) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "cpu" if device == "cpu" else re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")
     out = args.out or RESULTS / f"model_{tag}{'_quick' if 'quick' in preset else ''}.md"
-    mem_col = "peak GB (GPU allocated)" if device == "cuda" else "peak RSS GB (before 1st step)"
+    mem_col = ("peak GB (GPU allocated)" if device == "cuda"
+               else "step memory GB = peak RSS - RSS before 1st step (peak RSS)")
     lines = [
         f"# DFF training step: authors-like vs fast ({env['device']})",
         "",
         *(f"- {k}: {v}" for k, v in env.items()),
-        f"- preset: {preset}; {warmup} warm-up + {steps} timed steps (median); K = {NUM_CLASSES}",
+        f"- preset: {preset}; {warmup} warm-up + {steps} timed steps (median); K = {NUM_CLASSES}; "
+        f"intra-op threads per run: {args.threads or 'torch default'}",
+        *([f"- note: {args.note}"] if args.note else []),
         f"- command: `python benchmarks/bench_model.py {' '.join(sys.argv[1:])}`",
         "",
         f"| model | crop | batch | config | fusion | ms/step | images/s | {mem_col} | speed-up | "
@@ -325,19 +352,21 @@ def write_record(rows, env, device, preset, steps, warmup, args) -> None:
             lines.append(f"| {r['model']} | {r['crop']} | {r['batch']} | {r['config']} | - | "
                          f"{r['status']} | - | - | - | - |")
             continue
-        mem = f"{r['peak_gb']:.2f}"
-        if "base_gb" in r:
-            mem += f" ({r['base_gb']:.2f})"
+        mem = f"{r['peak_gb']:.3f}"
+        if "rss_peak_gb" in r:
+            mem += f" ({r['rss_peak_gb']:.2f})"
         lines.append(
             f"| {r['model']} | {r['crop']} | {r['batch']} | {r['config']} | {r['fusion_backend']} | "
             f"{r['step_s'] * 1e3:.1f} | {r['images_per_s']:.2f} | {mem} | "
             f"{fmt(r['speedup'], '.2f')} | {fmt(r['mem_ratio'], '.2f')} |"
         )
+    if checks:
+        lines += ["", "Targets (issue 4):", "", *(f"- {c}" for c in checks)]
     lines += ["", "Configurations: see the docstring of benchmarks/bench_model.py.", ""]
     out.write_text("\n".join(lines))
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         keys = ["model", "crop", "batch", "config", "status", "fusion_backend", "step_s",
-                "images_per_s", "peak_gb", "base_gb", "speedup", "mem_ratio"]
+                "images_per_s", "peak_gb", "rss_peak_gb", "base_gb", "speedup", "mem_ratio"]
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         for r in rows:
