@@ -367,3 +367,16 @@ def test_run_killed_mid_epoch_loses_only_that_epoch(tmp_path):
     resumed.fit()
     for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_scoring_failure_warns_and_keeps_the_loss(tmp_path):
+    trainer = make_trainer(tmp_path, "score", epochs=1)
+
+    def broken(preds, gts):
+        raise RuntimeError("matcher exploded")
+
+    trainer.scorer = broken
+    with pytest.warns(UserWarning, match="matcher exploded"):
+        metrics = trainer.validate()
+    assert math.isfinite(metrics["loss"]) and "mf_ods" not in metrics
+    assert metrics["scoring_error"] == "RuntimeError: matcher exploded"

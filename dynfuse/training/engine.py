@@ -96,9 +96,11 @@ def default_scorer(config: TrainConfig) -> ScoreFn | None:
 
     def score(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]:
         result = evaluate_edges(preds, gts, max_dist=config.val_max_dist,
-                                thresholds=config.val_thresholds, thin=True)
+                                thresholds=config.val_thresholds, thin=True,
+                                workers=config.workers if config.workers > 1 else 0)
         out = {}
-        for name in ("mf_ods", "ods", "ois", "ap"):
+        # mean over classes of ODS F, of OIS F and of AP (fractions in [0, 1])
+        for name in ("mf_ods", "mf_ois", "mean_ap"):
             value = getattr(result, name, None)
             if value is not None:
                 out[name] = float(value)
@@ -424,7 +426,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Validation loss over the whole validation set (sharded over ranks) and, on rank 0,
-        MF-ODS/ODS/OIS/AP of the fused output on the first ``val_max_images`` images."""
+        MF-ODS / MF-OIS / mean AP of the fused output on the first ``val_max_images`` images."""
         cfg = self.config
         model = _unwrap(self.model)
         was_training = model.training
@@ -454,7 +456,12 @@ class Trainer:
                 items = sorted((p for part in gathered for p in part), key=lambda t: t[0])
                 if items:
                     probs = [p.astype(np.float32) for _, p, _ in items]
-                    metrics.update(self.scorer(probs, [g for _, _, g in items]))
+                    try:
+                        metrics.update(self.scorer(probs, [g for _, _, g in items]))
+                    except Exception as exc:  # a scoring failure must not end a long run
+                        warnings.warn(f"validation scoring failed ({type(exc).__name__}: {exc}); "
+                                      "reporting the validation loss only", stacklevel=2)
+                        metrics["scoring_error"] = f"{type(exc).__name__}: {exc}"
                     metrics["scored_images"] = len(items)
         metrics["seconds"] = time.perf_counter() - t0
         if was_training:
@@ -469,9 +476,9 @@ class Trainer:
                      f" (tolerance {self.config.val_max_dist}, thinned, "
                      f"{self.config.val_thresholds} thresholds, {metrics.get('scored_images')} "
                      "images)")
-            for key in ("ois", "ap"):
+            for key, label in (("mf_ois", "MF-OIS"), ("mean_ap", "AP")):
                 if key in metrics:
-                    text += f"  {key.upper()} {100 * metrics[key]:.1f}%"
+                    text += f"  {label} {100 * metrics[key]:.1f}%"
         return text
 
     def fit(
