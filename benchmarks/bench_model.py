@@ -39,6 +39,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -341,7 +342,7 @@ def write_record(rows, env, device, preset, steps, warmup, args, checks=()) -> N
         f"- preset: {preset}; {warmup} warm-up + {steps} timed steps (median); K = {NUM_CLASSES}; "
         f"intra-op threads per run: {args.threads or 'torch default'}",
         *([f"- note: {args.note}"] if args.note else []),
-        f"- command: `python benchmarks/bench_model.py {' '.join(sys.argv[1:])}`",
+        f"- command: `python benchmarks/bench_model.py {shlex.join(sys.argv[1:])}`",
         "",
         f"| model | crop | batch | config | fusion | ms/step | images/s | {mem_col} | speed-up | "
         "memory vs authors |",
