@@ -16,7 +16,6 @@ build.
 from __future__ import annotations
 
 import argparse
-import colorsys
 import contextlib
 import sys
 from collections.abc import Sequence
@@ -207,20 +206,11 @@ def save_probability_maps(probs: np.ndarray, out_dir: str | Path, name: str) -> 
 
 
 def class_palette(num_classes: int) -> np.ndarray:
-    """float32 (K, 3) RGB colours in [0, 1]: Cityscapes' palette for 19 classes, else evenly
-    spaced saturated hues."""
-    if num_classes == 19:
-        cityscapes = [
-            (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-            (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-            (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-            (0, 80, 100), (0, 0, 230), (119, 11, 32),
-        ]
-        return np.asarray(cityscapes, dtype=np.float32) / 255.0
-    return np.asarray(
-        [colorsys.hsv_to_rgb(k / max(num_classes, 1), 0.9, 1.0) for k in range(num_classes)],
-        dtype=np.float32,
-    )
+    """float32 (K, 3) RGB colours in [0, 1]: ``dynfuse.viz.palette_for`` (Cityscapes' colours for
+    19 classes, PASCAL VOC's for 20, evenly spaced hues otherwise)."""
+    from dynfuse.viz import palette_for
+
+    return palette_for(num_classes).astype(np.float32) / 255.0
 
 
 def colour_edges(probs: np.ndarray, palette: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -135,3 +135,31 @@ def test_list_images_rejects_name_clashes(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "x.bmp")
     with pytest.raises(ValueError, match="share the output name"):
         list_images([tmp_path / "a", tmp_path / "x.bmp"])
+
+
+def test_predictions_feed_the_folder_evaluator(tmp_path, trained):
+    """predict's files are exactly what dynfuse.eval's folder runner reads."""
+    from dynfuse.data import Synthetic, write_edge_png
+    from dynfuse.eval import EvalSettings, FolderSpec, evaluate_edges, evaluate_folder
+
+    data = Synthetic(num_classes=3, size=40, length=2, split="val")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    images, gts = [], []
+    for i in range(2):
+        scene = data.scene(i)
+        img = np.rint(scene.image * 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / "img" / f"s{i}.png")
+        write_edge_png(tmp_path / "gt" / f"s{i}.png", scene.edges)
+        images.append(img)
+        gts.append(scene.edges)
+    assert main([str(trained), str(tmp_path / "img"), "-o", str(tmp_path / "pred"), "--device",
+                 "cpu", "--no-progress", "--no-overlay"]) == 0
+    settings = EvalSettings(max_dist=0.02, thresholds=9, thin=True)
+    from_files = evaluate_folder(FolderSpec(str(tmp_path / "pred"), str(tmp_path / "gt"), 3),
+                                 settings)
+    model, _ = load_model_for_inference(trained)
+    quantised = [np.rint(predict_probabilities(model, im) * 65535) / 65535 for im in images]
+    in_memory = evaluate_edges(quantised, gts, settings=settings)
+    assert from_files.mf_ods == pytest.approx(in_memory.mf_ods, abs=1e-12)
+    assert 0.0 <= from_files.mf_ods <= 1.0
