@@ -12,6 +12,7 @@ from .layers import (
     SharedConcat,
     SideNormBlock,
 )
+from .models import create_model, load_official_dff
 from .ops import dynamic_fuse
 
 __version__ = "0.1.0"
@@ -27,5 +28,7 @@ __all__ = [
     "SharedConcat",
     "SideNormBlock",
     "__version__",
+    "create_model",
     "dynamic_fuse",
+    "load_official_dff",
 ]

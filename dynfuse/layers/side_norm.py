@@ -15,9 +15,10 @@ UPSAMPLE_MODES = ("deconv", "bilinear")
 def fit_to_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Crop (top-left) or resize a (B, C, h, w) map to exactly (B, C, H, W).
 
-    A map at least as large as the target in both dimensions is cropped, as the authors crop their
-    deconvolution outputs; a smaller one (input sizes that are not multiples of the stride) is resized
-    bilinearly, so any input size gives the requested output size.
+    A map at least as large as the target in both dimensions is cropped; a smaller one (input sizes
+    that are not multiples of the stride) is resized bilinearly, so any input size gives the requested
+    output size. The authors never crop: their deconvolutions give exactly the image size only when H
+    and W are multiples of 8, and there this function is the identity, so their outputs are kept.
     """
     h, w = int(size[0]), int(size[1])
     if x.shape[-2] == h and x.shape[-1] == w:
