@@ -171,15 +171,26 @@ def _model_kwarg(text: str) -> tuple[str, Any]:
     return key, value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the epilog's table layout."""
+
+
 def build_parser(prog: str = "dynfuse-train") -> argparse.ArgumentParser:
     """The ``dynfuse-train`` / ``examples/train_dff.py`` argument parser.
 
     Options left unset take the per-dataset value of :data:`DATASET_DEFAULTS`.
     """
+    keys = ("lr", "batch_size", "crop_size", "epochs", "backbone", "num_classes", "device")
+    rows = [
+        f"  {name:<11}" + "  ".join(f"{k.replace('_', '-')}={DATASET_DEFAULTS[name][k]}" for k in keys)
+        for name in DATASETS
+    ]
     p = argparse.ArgumentParser(
         prog=prog,
         description="Train a DFF or CASENet semantic edge detector (single process or torchrun DDP).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
+        epilog="options whose default is None take the dataset's (the paper's for cityscapes "
+        "and sbd):\n" + "\n".join(rows),
     )
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=DATASETS, default="synthetic")
