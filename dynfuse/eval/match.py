@@ -105,6 +105,15 @@ def greedy_extend(
         ia, ib, d2 = ia[free], ib[free], d2[free]
 
 
+def _relabel(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Used vertex ids (sorted) and each entry's compact id, in O(n + E) (no sort)."""
+    used = np.zeros(n, dtype=bool)
+    used[idx] = True
+    ids = np.flatnonzero(used)
+    compact = np.cumsum(used) - 1
+    return ids, compact[idx]
+
+
 def augment(ia: np.ndarray, ib: np.ndarray, mate_a: np.ndarray, mate_b: np.ndarray) -> None:
     """Turn a valid matching into a maximum one, in place, with one max-flow on its residual graph.
 
@@ -115,8 +124,11 @@ def augment(ia: np.ndarray, ib: np.ndarray, mate_a: np.ndarray, mate_b: np.ndarr
     """
     if ia.size == 0:
         return
-    ua, ca = np.unique(ia, return_inverse=True)
-    ub, cb = np.unique(ib, return_inverse=True)
+    # An augmenting path runs from a free A vertex to a free B vertex: none, nothing to do.
+    if not (mate_a[ia] < 0).any() or not (mate_b[ib] < 0).any():
+        return
+    ua, ca = _relabel(ia, mate_a.size)
+    ub, cb = _relabel(ib, mate_b.size)
     na, nb = ua.size, ub.size
     ma = mate_a[ua]
     mb = mate_b[ub]
