@@ -380,3 +380,21 @@ def test_scoring_failure_warns_and_keeps_the_loss(tmp_path):
         metrics = trainer.validate()
     assert math.isfinite(metrics["loss"]) and "mf_ods" not in metrics
     assert metrics["scoring_error"] == "RuntimeError: matcher exploded"
+
+
+def test_metrics_logger_without_tensorboard(tmp_path, monkeypatch):
+    import sys
+
+    from dynfuse.training import MetricsLogger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now fails
+    log = MetricsLogger(tmp_path, tensorboard=True)
+    assert log.tensorboard_error is not None
+    log.log("val", epoch=1, iteration=7, loss=0.5, mf_ods=float("nan"), note="x")
+    log.close()
+    (rec,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert (rec["kind"], rec["epoch"], rec["iteration"], rec["loss"]) == ("val", 1, 7, 0.5)
+    assert rec["mf_ods"] == "nan" and rec["note"] == "x"  # JSON has no NaN literal
+    off = MetricsLogger(tmp_path / "rank1", enabled=False)
+    off.log("train", epoch=1, iteration=1, loss=1.0)
+    assert not (tmp_path / "rank1").exists()
