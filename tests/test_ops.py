@@ -65,7 +65,7 @@ def test_matches_oracle_float32(backend, form, activation, shape):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("activation", [None, "softmax"])
 def test_gradcheck_torch_backend(form, activation):
-    side5, sides, weights = make_inputs(2, 3, 2, 3, 4, form, dtype=torch.float64)
+    side5, sides, weights = make_inputs(2, 2, 2, 2, 3, form, dtype=torch.float64)
     leaves = tuple(t.requires_grad_() for t in (side5, sides, weights))
     assert torch.autograd.gradcheck(
         lambda a, c, w: dynamic_fuse(a, c, w, activation=activation, backend="torch"), leaves
