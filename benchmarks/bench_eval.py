@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, nargs=2, default=(512, 1024))
     ap.add_argument("--classes", type=int, default=4, help="image-classes timed per setting")
     ap.add_argument("--peer-classes", type=int, default=1, help="image-classes for pyedgeeval")
+    ap.add_argument("--peer-settings", type=int, nargs="*", default=[0],
+                    help="indices into SETTINGS timed with pyedgeeval (0 thin, 1 raw, 2 0.02)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "eval_cpu.md"))
     args = ap.parse_args(argv)
     thr = np.linspace(0.01, 0.99, 99)
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     pe = load_pyedgeeval()
     peer_rows = []
     if pe is not None:
-        for name, md, do_thin, thin_gt in SETTINGS[:1]:
+        for name, md, do_thin, thin_gt in [SETTINGS[i] for i in args.peer_settings]:
             for k in range(args.peer_classes):
                 g = thin(gt[k]) if thin_gt else gt[k]
                 t0 = time.perf_counter()

@@ -50,6 +50,15 @@ def test_decode_bitpacked_roundtrip():
         decode_bitpacked(np.zeros((4, 4), np.uint8), 3)
 
 
+def test_bit_layout_agrees_with_dynfuse_data():
+    codecs = pytest.importorskip("dynfuse.data.codecs")
+    rng = np.random.default_rng(1)
+    e = rng.random((19, 6, 9)) < 0.3
+    rgb = codecs.encode_edge_png(e)
+    assert np.array_equal(rgb, _encode(e))
+    assert np.array_equal(decode_bitpacked(rgb, 19), codecs.decode_edge_png(rgb, 19))
+
+
 def test_cli_runs_resumes_and_matches_in_memory(tmp_path, capsys):
     data = _make_folder(tmp_path)
     out = tmp_path / "out"

@@ -5,10 +5,12 @@ cut by the ``kill_internal`` mask, then matched to the ground truth (see :mod:`.
 result holds, per threshold, ``(cnt_r, sum_r, cnt_p, sum_p)``: matched ground-truth pixels, all
 ground-truth pixels, matched predicted pixels, all predicted pixels -- SEAL's ``_ev1.txt`` rows.
 
-Work shared across thresholds: every binarised (and thinned) map is a subset of ``prob >= t_min``,
-so the candidate pairs within the tolerance are found once, for the union of all the maps, and
-each threshold only filters that edge list and solves its matching. Consecutive thresholds that
-give the same map reuse the previous matching size.
+Work shared across thresholds (they are visited from high to low): candidate pairs within the
+tolerance are computed once per pixel, when a map first holds it; each threshold filters that
+edge list to its own map and starts from the previous threshold's matching (still valid for the
+pixels that stay on), so only a few augmenting paths remain to be found. Thresholds that give the
+same map reuse the previous counts, and without thinning (nested maps) every threshold below the
+one that matches all ground truth matches all of it too.
 """
 
 from __future__ import annotations
