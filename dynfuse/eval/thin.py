@@ -94,7 +94,6 @@ def thin(mask: np.ndarray, max_iter: int | None = None) -> np.ndarray:
     img = np.zeros((h + 2) * wp, dtype=np.uint8)
     img.reshape(h + 2, wp)[1:-1, 1:-1] = arr != 0
     offsets = np.array([1, -wp + 1, -wp, -wp - 1, -1, wp - 1, wp, wp + 1], dtype=np.int64)
-    weights = (1 << np.arange(8)).astype(np.uint8)
 
     # Pixels each subiteration still has to examine. Initially every foreground pixel with a
     # background 4-neighbour: G1 needs one, and interior pixels get flagged when a neighbour goes.
@@ -126,7 +125,8 @@ def thin(mask: np.ndarray, max_iter: int | None = None) -> np.ndarray:
             else:
                 cand = cand[img[cand] != 0]
                 nb = img[cand[:, None] + offsets[None, :]]
-                code = (nb * weights[None, :]).sum(axis=1, dtype=np.int64)
+                # Bit k-1 of the code is x_k: packing the 8 neighbours little-endian is the code.
+                code = np.packbits(nb, axis=1, bitorder="little")[:, 0]
                 dele = cand[tables[sub][code]]
             if dele.size == 0:
                 continue
