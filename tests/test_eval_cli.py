@@ -106,3 +106,15 @@ def test_cli_kill_internal_8bit_and_errors(tmp_path, capsys):
     assert "missing prediction" in capsys.readouterr().err
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "gt" / "city" / "img0.png")
     assert main(base) == 2
+
+
+def test_cli_parallel_workers_equal_serial(tmp_path):
+    _make_folder(tmp_path, n=2)
+    base = ["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"),
+            "--num-classes", str(K), "--thresholds", "7", "--no-progress",
+            "--protocol", "cityscapes-raw"]
+    assert main(base + ["--workers", "0", "--out", str(tmp_path / "a")]) == 0
+    assert main(base + ["--workers", "2", "--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert a == b
