@@ -112,6 +112,22 @@ def test_options_margin_resize_kill_internal_nms():
     nms = edge_nms(prob[0])
     assert nms.shape == prob[0].shape and nms.max() <= prob[0].max() + 1e-6
     assert (nms > 0).sum() < (prob[0] > 0).sum()
+    # gt_scale: nearest-resampled GT, same as PIL NEAREST (pyedgeeval's scale).
+    from PIL import Image
+
+    half = evaluate_edges([prob[:, ::2, ::2]], [gt], thresholds=5, gt_scale=0.5)
+    g_pil = np.asarray(Image.fromarray(gt[0].astype(np.uint8) * 255).resize((30, 20), Image.NEAREST))
+    assert half.counts[0, 0, 0, 1] == (g_pil > 0).sum()
+    from dynfuse.eval.api import _nearest_scale
+
+    for h, w, sc in ((37, 54, 0.73), (101, 7, 0.5), (64, 129, 0.31)):
+        x = rng.integers(0, 255, size=(h, w)).astype(np.uint8)
+        size = (max(int(w * sc + 0.5), 1), max(int(h * sc + 0.5), 1))
+        assert np.array_equal(
+            _nearest_scale(x[None], sc)[0], np.asarray(Image.fromarray(x).resize(size, Image.NEAREST))
+        )
+    with pytest.raises(ValueError, match="gt_scale"):
+        EvalSettings(gt_scale=2.0)
     assert PROTOCOLS["sbd"].margin == 5 and PROTOCOLS["cityscapes-raw"].thin is False
     with pytest.raises(ValueError, match="classes"):
         evaluate_edges([prob], [gt[:1]])
@@ -119,4 +135,3 @@ def test_options_margin_resize_kill_internal_nms():
         EvalSettings(max_dist=0)
     with pytest.raises(ValueError, match="images"):
         evaluate_edges([prob], [])
-    del rng

@@ -52,6 +52,10 @@ def evaluate_image(
         raise ValueError(f"pred has {p.shape[0]} classes, gt has {g.shape[0]}")
     if g.dtype != bool:
         g = g != 0
+    if settings.gt_scale != 1.0:
+        g = _nearest_scale(g, settings.gt_scale)
+        if seg is not None:
+            seg = _nearest_scale(np.asarray(seg)[None], settings.gt_scale)[0]
     if settings.kill_internal:
         if seg is None:
             raise ValueError("kill_internal needs seg, an (H, W) map of class indices")
@@ -78,6 +82,22 @@ def evaluate_image(
             pk, gk, thr, max_dist=settings.max_dist, thin=settings.thin, keep=keep
         )
     return out
+
+
+def _nearest_scale(x: np.ndarray, scale: float) -> np.ndarray:
+    """(C, H, W) nearest-neighbour resampling to ``int(H * scale + 0.5)`` x ``int(W * scale + 0.5)``
+    (PIL NEAREST sampling positions, as pyedgeeval's ``scale``)."""
+    h, w = x.shape[-2:]
+    nh, nw = max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1)
+    return x[..., _nearest_index(h, nh)[:, None], _nearest_index(w, nw)[None, :]]
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output pixel, bit-exact with PIL's NEAREST: PIL starts at half a
+    step and adds the step once per pixel, so the sums are accumulated in the same order."""
+    step = n_in / n_out
+    pos = np.cumsum(np.concatenate(([0.5 * step], np.full(n_out - 1, step))))
+    return np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
 
 
 @dataclass
@@ -156,6 +176,7 @@ class EvalResult:
         lines.append(
             f"settings: max_dist={s['max_dist']} thin={s['thin']} thin_gt={s['thin_gt']} "
             f"nms={s['nms']} kill_internal={s['kill_internal']} margin={s['margin']} "
+            f"gt_scale={s['gt_scale']} "
             f"thresholds={s['thresholds']} instance_sensitive={s['instance_sensitive']}"
         )
         return "\n".join(lines)

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seg-dir", default=None, help="class-index PNGs for --kill-internal")
     ap.add_argument("--seg-suffix", default=".png")
     ap.add_argument("--margin", type=int, default=None, help="crop this many pixels per side")
+    ap.add_argument("--gt-scale", type=float, default=None,
+                    help="nearest-resample the GT by this factor first (0.5: half resolution)")
     ap.add_argument("--pred-scale", type=float, default=None,
                     help="divide predictions by this (default: 255 for 8-bit, 65535 for 16-bit)")
     ap.add_argument("--resize", choices=["nearest", "bilinear", "bicubic", "none"], default=None,
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             margin=args.margin,
             pred_scale=args.pred_scale,
             resize=args.resize,
+            gt_scale=args.gt_scale,
             instance_sensitive=args.instance_sensitive,
         )
         names = None

@@ -33,6 +33,9 @@ class EvalSettings:
         margin: pixels cropped from every side of prediction and GT (SBD: 5).
         pred_scale: divide integer predictions by this; None = by dtype (uint8 255, uint16 65535).
         resize: how a prediction of another size is resized to the GT ("bicubic" = MATLAB).
+        gt_scale: resample GT (and segmentation) by this factor with nearest neighbour first,
+            to ``round(H * gt_scale), round(W * gt_scale)`` (pyedgeeval's ``scale``; 0.5 scores
+            full-resolution Cityscapes GT at half resolution). Prefer GT made at the target size.
         instance_sensitive: whether the GT is instance-sensitive; recorded beside the numbers
             (None when unknown), it does not change the computation.
     """
@@ -46,6 +49,7 @@ class EvalSettings:
     margin: int = 0
     pred_scale: float | None = None
     resize: str = "bicubic"
+    gt_scale: float = 1.0
     instance_sensitive: bool | None = None
 
     def __post_init__(self) -> None:
@@ -58,6 +62,8 @@ class EvalSettings:
             raise ValueError(f"margin must be an int >= 0, got {self.margin!r}")
         if self.resize not in RESIZE_METHODS:
             raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {self.resize!r}")
+        if not (isinstance(self.gt_scale, (int, float)) and 0 < self.gt_scale <= 1):
+            raise ValueError(f"gt_scale must be in (0, 1], got {self.gt_scale!r}")
         if self.pred_scale is not None and not self.pred_scale > 0:
             raise ValueError(f"pred_scale must be > 0 or None, got {self.pred_scale!r}")
 
