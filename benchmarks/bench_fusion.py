@@ -186,17 +186,31 @@ def peers(device: torch.device, with_compile: bool) -> dict[str, FuseFn]:
     return rows
 
 
-def measure(name: str, fn: FuseFn, shape: tuple[int, int, int, int, int], dtype: torch.dtype,
-            device: torch.device, repeats: int) -> dict[str, object]:
+def make_inputs(shape: tuple[int, int, int, int, int], dtype: torch.dtype, device: torch.device
+                ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Random (side5, sides, adaptive weights) leaves and an output gradient (never zeros)."""
     b, k, s, h, w = shape
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def rnd(*size: int) -> torch.Tensor:
         return torch.randn(*size, generator=gen).to(device=device, dtype=dtype).requires_grad_()
 
-    side5, sides, weights = rnd(b, k, h, w), rnd(b, s, h, w), rnd(b, k, s + 1, h, w)
-    grad = torch.randn(b, k, h, w, generator=gen).to(device=device, dtype=dtype)
-    inputs = (side5, sides, weights)
+    inputs = (rnd(b, k, h, w), rnd(b, s, h, w), rnd(b, k, s + 1, h, w))
+    return inputs, torch.randn(b, k, h, w, generator=gen).to(device=device, dtype=dtype)
+
+
+def measure_peak(fn: FuseFn, shape: tuple[int, int, int, int, int], dtype: torch.dtype,
+                 device: torch.device) -> float | None:
+    """Peak extra MB of one forward+backward."""
+    inputs, grad = make_inputs(shape, dtype, device)
+    peak = peak_extra_bytes(lambda: torch.autograd.grad(fn(*inputs), inputs, grad), device)
+    return None if peak is None else peak / 2**20
+
+
+def measure(name: str, fn: FuseFn, shape: tuple[int, int, int, int, int], dtype: torch.dtype,
+            device: torch.device, repeats: int, with_memory: bool = True) -> dict[str, object]:
+    b, k, s, h, w = shape
+    inputs, grad = make_inputs(shape, dtype, device)
 
     def forward() -> None:
         with torch.no_grad():
@@ -216,14 +230,14 @@ def measure(name: str, fn: FuseFn, shape: tuple[int, int, int, int, int], dtype:
     out_holder["out"] = fn(*inputs)
     t_bwd, _ = median_and_spread(backward_only, device, repeats)
     del out_holder["out"]
-    peak = peak_extra_bytes(forward_backward, device)
+    peak_mb = measure_peak(fn, shape, dtype, device) if with_memory else None
     fwd_b, bwd_b = bytes_per_pixel(k, s, torch.finfo(dtype).bits // 8)
     pixels = b * h * w
     return {
         "backend": name, "shape": f"{b}x{h}x{w}", "dtype": str(dtype).replace("torch.", ""),
         "fwd_ms": 1e3 * t_fwd, "bwd_ms": 1e3 * t_bwd,
         "both_ms": 1e3 * both, "spread_ms": 1e3 * spread,
-        "peak_mb": None if peak is None else peak / 2**20,
+        "peak_mb": peak_mb,
         "fwd_gbps": fwd_b * pixels / t_fwd / 1e9,
         "bwd_gbps": bwd_b * pixels / t_bwd / 1e9,
         "gbps": (fwd_b + bwd_b) * pixels / both / 1e9,
@@ -355,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="CUDA: also time the Triton kernels under several block configs")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        pin_malloc_mmap_threshold()
     k, s = 19, 3
     if device.type == "cuda":
         sizes = [(8, 640, 640)] if args.quick else [(1, 256, 256), (2, 512, 512), (8, 640, 640)]
@@ -372,8 +384,18 @@ def main(argv: list[str] | None = None) -> int:
     for b, h, w in sizes:
         for dtype in dtypes:
             for name, fn in peers(device, not args.no_compile).items():
-                rows.append(measure(name, fn, (b, k, s, h, w), dtype, device, repeats))
+                # On CPU, memory is measured in a second pass: pinning glibc's mmap threshold (needed
+                # for an honest resident-set peak) makes every allocation fault its pages in anew,
+                # which would slow the timings.
+                rows.append(measure(name, fn, (b, k, s, h, w), dtype, device, repeats,
+                                    with_memory=device.type != "cpu"))
                 print(f"  {name:>15} {b}x{h}x{w} {dtype}: {rows[-1]['both_ms']:.2f} ms", flush=True)
+    if device.type == "cpu":
+        pin_malloc_mmap_threshold()
+        fns = peers(device, False)
+        for row in rows:
+            b, h, w = (int(v) for v in str(row["shape"]).split("x"))
+            row["peak_mb"] = measure_peak(fns[str(row["backend"])], (b, k, s, h, w), torch.float32, device)
     tuning = ""
     if args.tune and device.type == "cuda":
         configs = [(512, 4), (1024, 4), (1024, 8), (2048, 8)]
