@@ -97,14 +97,18 @@ def thin(mask: np.ndarray, max_iter: int | None = None) -> np.ndarray:
 
     # Pixels each subiteration still has to examine. Initially every foreground pixel with a
     # background 4-neighbour: G1 needs one, and interior pixels get flagged when a neighbour goes.
-    fg = np.flatnonzero(img)
-    if fg.size == 0:
-        return np.zeros((h, w), dtype=bool)
-    four = offsets[[0, 2, 4, 6]]
-    border = fg[(img[fg[:, None] + four[None, :]] == 0).any(axis=1)]
-    pending = [np.zeros_like(img, dtype=bool), np.zeros_like(img, dtype=bool)]
-    pending[0][border] = True
-    pending[1][border] = True
+    im2 = img.reshape(h + 2, wp)
+    inner = im2[1:-1, 1:-1].astype(bool)
+    pend2 = np.zeros(im2.shape, dtype=bool)
+    pend2[1:-1, 1:-1] = inner & ~(
+        im2[:-2, 1:-1].astype(bool)
+        & im2[2:, 1:-1].astype(bool)
+        & im2[1:-1, :-2].astype(bool)
+        & im2[1:-1, 2:].astype(bool)
+    )
+    if not pend2.any():
+        return inner
+    pending = [pend2.ravel(), pend2.ravel().copy()]
     tables = (_DELETE1, _DELETE2)
 
     # Above this many candidates a whole-image pass with shifted slices beats gathering.
