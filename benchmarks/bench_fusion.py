@@ -119,6 +119,17 @@ def pin_malloc_mmap_threshold(threshold: int = 1 << 16) -> None:
         pass
 
 
+def release_free_heap() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``), so that buffers reusing free
+    heap chunks fault their pages in again and show in the resident-set peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
     """Peak memory ``fn`` allocates beyond what is live when it starts.
 
@@ -135,6 +146,7 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | No
         sync(device)
         return torch.cuda.max_memory_allocated(device) - base
     try:
+        release_free_heap()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base = _read_status_kib("VmRSS")
