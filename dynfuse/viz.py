@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .data.classes import CITYSCAPES_CLASSES, SBD_CLASSES
+
 __all__ = [
     "CITYSCAPES_PALETTE",
     "SBD_PALETTE",
@@ -24,11 +26,6 @@ __all__ = [
     "plot_pr_curves",
 ]
 
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-)  # fmt: skip
 #: Cityscapes' official train-id colours (RGB), 19 classes.
 CITYSCAPES_PALETTE = np.array(
     [
@@ -40,11 +37,6 @@ CITYSCAPES_PALETTE = np.array(
     dtype=np.uint8,
 )  # fmt: skip
 
-SBD_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
 
 
 def _voc_palette(n: int) -> np.ndarray:

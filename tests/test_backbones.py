@@ -21,14 +21,7 @@ from dynfuse.backbones import (
     read_state_dict,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Small CPU workloads run faster and steadier on one thread when the cores are shared."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def torchvision_resnet_keys(layers: tuple[int, int, int, int]) -> dict[str, tuple[int, ...]]:

@@ -25,14 +25,7 @@ from dynfuse.models import (
     to_official_state_dict,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Small CPU workloads run faster and steadier on one thread when the cores are shared."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 R50 = (3, 4, 6, 3)

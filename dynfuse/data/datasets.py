@@ -17,21 +17,12 @@ import numpy as np
 import torch
 
 from .base import EdgeDataset
+from .classes import CITYSCAPES_CLASSES, SBD_CLASSES
 from .codecs import EdgeLabelError, read_edge_png
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["EdgeListDataset", "Cityscapes", "SBD", "CITYSCAPES_CLASSES", "SBD_CLASSES"]
 
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-)  # fmt: skip
-SBD_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -70,17 +61,20 @@ class EdgeListDataset(EdgeDataset):
         root: the prepared root (``dynfuse-prepare ... OUT``).
         split: the list name, e.g. "train" or "val".
         transform: joint transform applied before normalisation (``dynfuse.data.transforms``).
-        num_classes: K, the number of bits to decode.
+        num_classes: K, the number of bits to decode (default: ``len(self.classes)`` of a dataset
+            class that names its classes; required otherwise).
         list_file: a list to use instead of ``root/<split>.txt``; its paths are relative to root.
     """
+
+    classes: tuple[str, ...] = ()
 
     def __init__(
         self,
         root: str | os.PathLike[str],
-        split: str,
+        split: str = "train",
         transform: Callable[..., dict[str, Any]] | None = None,
         *,
-        num_classes: int,
+        num_classes: int | None = None,
         list_file: str | os.PathLike[str] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -92,6 +86,10 @@ class EdgeListDataset(EdgeDataset):
                 f"root: {os.fspath(root)!r} is not a directory (run dynfuse-prepare first)"
             )
         self.split = split
+        if num_classes is None:
+            if not self.classes:
+                raise ValueError("num_classes: required for a dataset class without class names")
+            num_classes = len(self.classes)
         self.num_classes = int(num_classes)
         lst = Path(list_file) if list_file is not None else self.root / f"{split}.txt"
         if not lst.is_file():
@@ -144,22 +142,6 @@ class Cityscapes(EdgeListDataset):
 
     classes = CITYSCAPES_CLASSES
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str = "train",
-        transform: Callable[..., dict[str, Any]] | None = None,
-        *,
-        num_classes: int = 19,
-        list_file: str | os.PathLike[str] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        super().__init__(
-            root, split, transform, num_classes=num_classes, list_file=list_file, mean=mean,
-            std=std,
-        )
-
 
 class SBD(EdgeListDataset):
     """SBD semantic edges (20 VOC classes) prepared by ``dynfuse-prepare sbd``.
@@ -169,19 +151,3 @@ class SBD(EdgeListDataset):
     """
 
     classes = SBD_CLASSES
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str = "train",
-        transform: Callable[..., dict[str, Any]] | None = None,
-        *,
-        num_classes: int = 20,
-        list_file: str | os.PathLike[str] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        super().__init__(
-            root, split, transform, num_classes=num_classes, list_file=list_file, mean=mean,
-            std=std,
-        )
