@@ -28,15 +28,15 @@ def fit_to_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def check_feature(name: str, x: object, channels: int) -> torch.Tensor:
-    """Raise a clear error unless ``x`` is a floating (B, channels, h, w) tensor."""
+def check_feature(name: str, x: object, channels: int | None) -> torch.Tensor:
+    """Raise a clear error unless ``x`` is a floating (B, channels, h, w) tensor (any C if None)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"{name} must be a 4-D (B, C, H, W) tensor, got shape {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
-    if x.shape[1] != channels:
+    if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
     return x
 

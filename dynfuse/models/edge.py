@@ -19,6 +19,7 @@ from torch import nn
 from ..backbones.resnet import DilatedResNet, run_checkpointed
 from ..heads import CASENetHead, DFFHead, DFFOutput
 from ..layers import LocationAdaptiveLearner
+from ..layers.side_norm import check_feature
 
 __all__ = ["CASENet", "DFF", "EdgeModel", "CheckpointedAdaptiveLearner"]
 
@@ -39,20 +40,6 @@ class CheckpointedAdaptiveLearner(LocationAdaptiveLearner):
         return super().forward(x)
 
 
-def _check_images(images: object, in_channels: int | None) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images must be a 4-D (B, C, H, W) tensor, got shape {tuple(images.shape)}")
-    if not images.dtype.is_floating_point:
-        raise TypeError(f"images must be a floating tensor (normalised image), got dtype {images.dtype}")
-    if in_channels is not None and images.shape[1] != in_channels:
-        raise ValueError(
-            f"images must have {in_channels} channels, got {images.shape[1]} (shape {tuple(images.shape)})"
-        )
-    return images
-
-
 class EdgeModel(nn.Module):
     """Backbone + head; ``forward(images (B, C, H, W)) -> DFFOutput`` at (H, W). Base of DFF/CASENet."""
 
@@ -70,7 +57,7 @@ class EdgeModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> DFFOutput:
         """images (B, C, H, W) float -> DFFOutput(side5, fuse (B, K, H, W) logits, weights)."""
-        _check_images(images, getattr(self.backbone, "in_channels", None))
+        check_feature("images", images, getattr(self.backbone, "in_channels", None))
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
