@@ -410,6 +410,14 @@ def _write_list(path: Path, rows: Iterable[tuple[Path, Path]], root: Path) -> No
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
 
 
+def _start_split(list_path: Path, items: Sequence[Any], overwrite: bool) -> None:
+    """A split's list exists only while the split is complete: drop it until this run ends well."""
+    if list_path.exists():
+        list_path.unlink()
+    if overwrite:
+        _remove_outputs(items)
+
+
 def _remove_outputs(items: Sequence[Any]) -> None:
     for item in items:
         for p in item.outputs():
@@ -594,11 +602,10 @@ def _prepare(args: argparse.Namespace) -> int:
     _check_settings(out, settings, args.overwrite)
     failed = 0
     for split, items in per_split.items():
-        if args.overwrite:
-            _remove_outputs(items)
+        list_path = out / f"{split}.txt"
+        _start_split(list_path, items, args.overwrite)
         errors = _run_all(func, items, args.workers, f"{args.dataset} {split}", args.quiet)
         failed += len(errors)
-        list_path = out / f"{split}.txt"
         if _report_split(split, items, errors, list_path):
             _write_list(list_path, ((i.image_dst, i.edge_dst) for i in items), out)
             if not args.quiet:
@@ -627,11 +634,10 @@ def _prepare_eval_gt(args: argparse.Namespace, out: Path, num_classes: int) -> i
     _check_settings(gt_root, settings, args.overwrite)
     failed = 0
     for split, items in per_split.items():
-        if args.overwrite:
-            _remove_outputs(items)
+        list_path = gt_root / f"{split}.txt"
+        _start_split(list_path, items, args.overwrite)
         errors = _run_all(func, items, args.workers, f"{args.dataset} eval GT {split}", args.quiet)
         failed += len(errors)
-        list_path = gt_root / f"{split}.txt"
         if _report_split(split, items, errors, list_path):
             names = [item.targets[0][2].name[: -len(".png")] for item in items]
             text = "".join(f"{n}\n" for n in names)
