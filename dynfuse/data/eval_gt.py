@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from ..eval.thin import thin
 from .classes import CITYSCAPES_IGNORED_LABEL_IDS, cityscapes_train_ids
 from .edges import mask_to_edges
 from .resize import matlab_nearest_indices
@@ -56,6 +55,8 @@ EVAL_RADIUS = 2.0
 
 def thin_classes(edges: np.ndarray) -> np.ndarray:
     """(K, H, W) bool -> (K, H, W) bool, each class map thinned as ``bwmorph(., 'thin', Inf)``."""
+    from ..eval.thin import thin  # here, so that importing dynfuse.data does not load dynfuse.eval
+
     out = np.zeros_like(edges, dtype=bool)
     for k in range(edges.shape[0]):
         if edges[k].any():

@@ -4,7 +4,8 @@
     ROOT is the Cityscapes root (``leftImg8bit/`` and ``gtFine/`` with ``*_gtFine_labelIds.png``
     and ``*_gtFine_instanceIds.png``). Labels map to the 19 train ids; labelIds 2 (rectification
     border) and 3 (out of roi) are ignored when looking for boundaries; edges are
-    instance-sensitive unless ``--no-instance``. Writes
+    instance-sensitive unless ``--no-instance`` (candidates then still come from instanceIds, as
+    the authors' instance-insensitive GT). Writes
     ``OUT/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` (hard link, or copy),
     ``OUT/gtFine/<split>/<city>/<stem>_gtFine_edge.png`` and ``OUT/<split>.txt``.
 
@@ -12,15 +13,26 @@
     ROOT is the SBD ``dataset/`` folder (``img/*.jpg``, ``cls/*.mat``, ``inst/*.mat``,
     ``train.txt``, ``val.txt``). 20 classes; instance-sensitive edges from ``GTinst`` unless
     ``--no-instance`` (then from ``GTcls``). Training images are written at every offline scale
-    (``--scales``, the paper's 0.5 0.75 1 1.25 1.5; segmentation resized with nearest neighbour
-    *before* computing edges, image bicubic, as the authors do); val at scale 1. Writes
+    (``--scales``, the paper's 0.5 0.75 1 1.25 1.5; segmentation resized first with MATLAB's
+    ``imresize(seg, s, 'nearest')`` sampling (:mod:`dynfuse.data.resize`) *before* computing
+    edges, image bicubic, as the authors do); val at scale 1. Writes
     ``OUT/image/<split>/scale_<s>/<name>.{png,jpg}``, ``OUT/edge/<split>/scale_<s>/<name>.png``
     and ``OUT/<split>.txt``.
 
-Both: edge radius 2 (``--radius``), ``--workers N`` processes, a progress bar, resumable (every
+``dynfuse-prepare cityscapes|sbd ROOT OUT --eval-gt``
+    The evaluation GT the authors score on (:mod:`dynfuse.data.eval_gt`), default split ``val``:
+    ``OUT/gt_eval/<variant>/<kind>/<split>/<name>.png`` with variant ``gt_thin`` / ``gt_raw``
+    (Cityscapes, half resolution) or ``gt_orig_thin`` / ``gt_orig_raw`` (SBD), kind ``inst`` /
+    ``cls``, and ``<name>`` the image's file name without extension (as ``dynfuse-predict`` names
+    its maps), so each folder is a ``dynfuse-eval --gt-dir``. ``OUT/gt_eval/<split>.txt`` lists
+    the names. The recipe has no options: ``--radius``, ``--no-instance``, ``--scales`` and
+    ``--copy-images`` are refused.
+
+All: edge radius 2 (``--radius``), ``--workers N`` processes, a progress bar, resumable (every
 output is written to a temporary file and renamed, so an existing output is complete and is
-skipped; ``--overwrite`` redoes everything), and every unreadable input is reported by name
-(the file lists are written only when no item failed; exit status 1 otherwise).
+skipped; ``--overwrite`` redoes everything), every input image is fully decoded (a truncated
+file is an error), and every unreadable input is reported by name (a split's file list exists
+only when no item of the split failed; exit status 1 otherwise).
 """
 
 from __future__ import annotations
