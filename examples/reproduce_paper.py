@@ -39,6 +39,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         for i, step in enumerate(steps, 1):
             print(f"\n=== {i}/{len(steps)} {step.name}: {step.shell()}", flush=True)
+            start = time.monotonic()
             rc = step.run()
+            print(f"=== {step.name}: exit status {rc} after {time.monotonic() - start:.0f} s", flush=True)
             if rc != 0:
                 raise RecipeError(f"stage '{step.name}' failed with exit status {rc}; fix it and "
                                   "rerun (finished work is kept and skipped)")
