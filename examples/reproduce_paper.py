@@ -235,7 +235,9 @@ def format_table(dataset: str, backbone: str, crop: int, protocol: str, summary:
     if len(classes) != len(columns):
         raise RecipeError(f"summary has {len(classes)} classes, the paper's table {len(columns)}")
     width = max(len(c) for c in columns) + 1
-    label_w = 46
+    paper = paper_row(dataset, backbone, crop)
+    ours_label = f"dynfuse {backbone} crop {crop} (this run)"
+    label_w = max(len(paper[0]), len(ours_label)) + 2
 
     def row(label: str, values: Sequence[float], mean: float) -> str:
         cells = "".join(f"{v:>{width}.1f}" for v in values)
@@ -243,10 +245,10 @@ def format_table(dataset: str, backbone: str, crop: int, protocol: str, summary:
 
     ours = [100 * c["ods"] for c in classes]
     return "\n".join([
-        f"MF-ODS (%) on {dataset} val, protocol {protocol}, {summary.get('num_images', '?')} images",
+        f"MF-ODS (%) on {dataset} val ({summary.get('num_images', '?')} images), protocol {protocol}",
         f"{'method':<{label_w}}" + "".join(f"{c:>{width}}" for c in columns) + f"{'mean':>{width + 1}}",
-        row(*paper_row(dataset, backbone, crop)),
-        row(f"dynfuse {backbone} crop {crop} (this run)", ours, 100 * summary["mf_ods"]),
+        row(*paper),
+        row(ours_label, ours, 100 * summary["mf_ods"]),
     ])
 
 
