@@ -245,3 +245,21 @@ def test_eval_gt_feeds_the_folder_evaluator(tmp_path):
         progress=False,
     )
     assert result.ods[[CAR, ROAD]].tolist() == [1.0, 1.0]
+
+
+def test_sbd_single_instance_mat_is_read(tmp_path):
+    """loadmat(squeeze_me=True) turns a 1-instance GTinst.Boundaries cell and Categories into bare
+    values; the thin GT still unions and thins them (many SBD images have one object)."""
+    root, out = tmp_path / "sbd", tmp_path / "out"
+    cls, inst, _, band, ell, _ = _sbd_mats(root, "2008_000009")
+    one = np.empty((1, 1), dtype=object)
+    one[0, 0] = scipy.sparse.csc_matrix(ell)
+    scipy.io.savemat(root / "inst" / "2008_000009.mat", {"GTinst": {
+        "Segmentation": (inst == 1).astype(np.uint8), "Boundaries": one, "Categories": np.array([[7]])}})
+    (root / "val.txt").write_text("2008_000009\n")
+    assert main(["sbd", str(root), str(out), "--eval-gt", "--quiet", "--workers", "1"]) == 0
+    got = read_edge_png(eval_gt_dir(out, "gt_orig_thin", "inst", "val") / "2008_000009.png", 20)
+    want = np.zeros((6, 6), dtype=bool)
+    want[0, 1] = want[1, 0] = True
+    np.testing.assert_array_equal(got[6], want)  # class 7 (car) -> index 6
+    assert not np.delete(got, 6, axis=0).any()
