@@ -267,3 +267,90 @@ def test_prepare_names_bad_images(tmp_path, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.count("2008_000002.jpg: cannot read image") == 1  # reported once, not per scale
+
+
+def test_prepare_reports_a_truncated_image(tmp_path, capsys):
+    """Issue 9 item 6: a PNG whose header reads but whose data is cut is reported (rc 1)."""
+    root, out = tmp_path / "cs", tmp_path / "out"
+    make_cityscapes(root)
+    cut = root / "leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with Image.open(cut) as img:  # the header alone still looks fine
+        assert img.size == (W, H)
+    capsys.readouterr()
+    assert main(["cityscapes", str(root), str(out), "--quiet", "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "aachen_000001_000019_leftImg8bit.png: cannot read image" in err
+    assert "truncated" in err
+    assert not (out / "train.txt").exists() and (out / "val.txt").exists()
+    assert not (out / "leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png").exists()
+
+
+def test_no_instance_candidates_come_from_instance_ids(tmp_path):
+    """Issue 14 item 5a: a car pixel whose only other-class neighbours are ignored (out of roi)
+    but with another car instance within radius 2 is an edge in the authors' instance-insensitive
+    GT (candidates from instanceIds); train-id candidates missed it."""
+    root, out = tmp_path / "cs", tmp_path / "out"
+    make_cityscapes(root, splits=(("train", ("aachen", 1)),))
+    label_ids = np.full((5, 8), 26, dtype=np.uint8)
+    label_ids[:, :2] = 3  # out of roi: columns 0-1
+    instance_ids = label_ids.astype(np.uint16)
+    instance_ids[:, 2:5] = 26000  # car A: columns 2-4
+    instance_ids[:, 5:] = 26001  # car B: columns 5-7
+    stem = "aachen_000000_000019"
+    Image.fromarray(np.zeros((5, 8, 3), dtype=np.uint8)).save(
+        root / f"leftImg8bit/train/aachen/{stem}_leftImg8bit.png"
+    )
+    Image.fromarray(label_ids).save(root / f"gtFine/train/aachen/{stem}_gtFine_labelIds.png")
+    Image.fromarray(instance_ids).save(root / f"gtFine/train/aachen/{stem}_gtFine_instanceIds.png")
+    args = ["cityscapes", str(root), str(out), "--splits", "train", "--quiet", "--workers", "1"]
+    assert main(args + ["--no-instance"]) == 0
+    edges = read_edge_png(out / f"gtFine/train/aachen/{stem}_gtFine_edge.png", 19)
+    want = np.zeros((5, 8), dtype=bool)
+    want[:, 3] = True  # column 3: column 1 (ignored) is not car; car B (column 5) makes it a candidate
+    np.testing.assert_array_equal(edges[13], want)
+    assert not np.delete(edges, 13, axis=0).any()
+    settings = json.loads((out / "dynfuse_prepare.json").read_text())
+    assert settings["candidates"] == "instanceIds"
+    # Instance-sensitive: columns 3-6 around the A / B boundary (column 2 is no candidate).
+    out2 = tmp_path / "out_inst"
+    assert main(["cityscapes", str(root), str(out2), "--splits", "train", "--quiet"]) == 0
+    inst = read_edge_png(out2 / f"gtFine/train/aachen/{stem}_gtFine_edge.png", 19)
+    want[:, 3:7] = True
+    np.testing.assert_array_equal(inst[13], want)
+
+
+def test_sbd_scales_resize_labels_as_matlab(tmp_path):
+    """Issue 14 item 5b: labels at scale 0.75 / 1.5 are sampled with MATLAB's nearest mapping."""
+    from dynfuse.data.resize import matlab_resize_nearest
+
+    root, out = tmp_path / "sbd", tmp_path / "out"
+    expected = make_sbd(root)
+    args = ["sbd", str(root), str(out), "--scales", "0.75,1.5", "--splits", "train", "--quiet"]
+    assert main(args + ["--workers", "1"]) == 0
+    differs = 0
+    for name in ("2008_000002", "2008_000003"):
+        _, cls, inst = expected[name]
+        labels = cls.astype(np.int64) - 1
+        for scale in (0.75, 1.5):
+            got = read_edge_png(out / f"edge/train/scale_{scale:g}/{name}.png", 20)
+            small_labels = matlab_resize_nearest(labels, scale)
+            small_inst = matlab_resize_nearest(inst, scale)
+            np.testing.assert_array_equal(
+                got, mask_to_edges(small_labels, 20, radius=2, instance_map=small_inst)
+            )
+            h, w = small_labels.shape
+            img = Image.open(out / f"image/train/scale_{scale:g}/{name}.png")
+            assert img.size == (w, h)  # image and labels share MATLAB's ceil(s * size)
+            # PIL's nearest resize to the same size picks other rows / columns here.
+            pil = np.asarray(Image.fromarray(labels.astype(np.int32), mode="I").resize((w, h), 0))
+            differs += int((pil != small_labels).any())
+    assert differs > 0
+
+
+def test_codecs_atomic_write_is_the_shared_one():
+    from dynfuse import atomic
+    from dynfuse.data import codecs
+
+    assert codecs.atomic_write is atomic.atomic_write

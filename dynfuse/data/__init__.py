@@ -1,4 +1,5 @@
-"""Data: label codecs, mask -> edge ground truth, datasets and joint transforms."""
+"""Data: label codecs, mask -> edge ground truth (training labels and the authors' evaluation GT),
+MATLAB-equal label resizing, datasets and joint transforms."""
 
 from .base import EdgeDataset
 from .codecs import (
@@ -14,6 +15,8 @@ from .codecs import (
 )
 from .datasets import CITYSCAPES_CLASSES, SBD, SBD_CLASSES, Cityscapes, EdgeListDataset
 from .edges import disc_offsets, mask_to_edges
+from .eval_gt import cityscapes_eval_gt, sbd_eval_gt_raw, sbd_eval_gt_thin
+from .resize import matlab_nearest_indices, matlab_resize_nearest
 from .synthetic import Synthetic, SyntheticScene
 from .transforms import (
     IMAGENET_MEAN,
@@ -56,6 +59,11 @@ __all__ = [
     "encode_edge_bin",
     "encode_edge_png",
     "mask_to_edges",
+    "matlab_nearest_indices",
+    "matlab_resize_nearest",
+    "cityscapes_eval_gt",
+    "sbd_eval_gt_raw",
+    "sbd_eval_gt_thin",
     "read_edge_bin",
     "read_edge_png",
     "train_transforms",

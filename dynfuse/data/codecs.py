@@ -12,12 +12,12 @@ As the authors' ``gen_label.m`` does, no class bit is written on an ignored pixe
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# The one atomic writer every tool shares; ``dynfuse.data.codecs.atomic_write`` stays importable.
+from ..atomic import atomic_write
 
 __all__ = [
     "EdgeLabelError",
@@ -101,21 +101,6 @@ def decode_edge_png(rgb: Any, num_classes: int) -> np.ndarray:
     for c in range(k):
         np.not_equal(value & np.uint32(1 << c), 0, out=out[c])
     return out
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_edge_png(path: str | os.PathLike[str], edges: Any) -> None:

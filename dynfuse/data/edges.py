@@ -5,7 +5,8 @@ With the disc ``D = {(dy, dx): dy^2 + dx^2 <= r^2}`` a pixel ``p`` is an edge of
 1. some in-image ``q = p + d`` (``d`` in ``D``) has ``seg_k(q) != seg_k(p)``, where ``seg_k`` is the
    instance id on pixels of class ``k`` (or just "class k" without instances) and "not class k"
    elsewhere, and
-2. ``p`` is a candidate: some in-image ``q`` in ``p + D`` differs from ``p`` in label or instance,
+2. ``p`` is a candidate: some in-image ``q`` in ``p + D`` differs from ``p`` in label or instance
+   (or, when a ``candidate_map`` is given, in that map),
    and neither ``p`` nor that ``q`` is ignored.
 
 This is what the authors' MATLAB preprocessing (``seg2edge`` for the candidates, then
@@ -106,6 +107,7 @@ def mask_to_edges(
     radius: float = 2,
     ignore: Any = (),
     instance_map: Any = None,
+    candidate_map: Any = None,
 ) -> np.ndarray:
     """Multi-label semantic edges of a label map, optionally instance-sensitive.
 
@@ -119,6 +121,13 @@ def mask_to_edges(
             labelIds 2 and 3, passed as a mask because they are not train ids).
         instance_map: optional (H, W) integer instance ids; pixels of the same class with
             different ids are separated by an edge (instance-sensitive edges).
+        candidate_map: optional (H, W) integer map that decides rule 2 instead: a pixel is a
+            candidate when some non-ignored ``q`` in its disc has another value in this map (the
+            map the authors give ``seg2edge``). Their Cityscapes instance-insensitive GT takes
+            candidates from ``instanceIds`` while rule 1 uses classes only, so a pixel whose
+            other-class neighbours are all ignored but which has another instance of its class
+            within the radius is an edge there (``instance_map=None, candidate_map=instanceIds``).
+            Default: ``label_map`` (and ``instance_map`` when given).
 
     Returns:
         (K, H, W) numpy bool array.
@@ -133,6 +142,9 @@ def mask_to_edges(
     inst = None
     if instance_map is not None:
         inst = _as_int_map(instance_map, "instance_map", (h, w)).astype(np.int64, copy=False)
+    cand_map = None
+    if candidate_map is not None:
+        cand_map = _as_int_map(candidate_map, "candidate_map", (h, w)).astype(np.int64, copy=False)
     ignored = _ignore_mask(ignore, labels)
     offsets = disc_offsets(float(radius))
 
@@ -145,9 +157,12 @@ def mask_to_edges(
     candidate = np.zeros((h, w), dtype=bool)
     for dy, dx in offsets:
         c, n = _slices(dy, dx, h, w)
-        differ = labels[c] != labels[n]
-        if inst is not None:
-            differ |= inst[c] != inst[n]
+        if cand_map is not None:
+            differ = cand_map[c] != cand_map[n]
+        else:
+            differ = labels[c] != labels[n]
+            if inst is not None:
+                differ |= inst[c] != inst[n]
         candidate[c] |= differ & kept[c] & kept[n]
     if not candidate.any():
         return edges
