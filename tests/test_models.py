@@ -8,7 +8,8 @@ from torch import nn
 
 from dynfuse.backbones import FeatureListBackbone, dilated_resnet_tiny
 from dynfuse.heads import CASENetHead, DFFHead, DFFOutput
-from dynfuse.layers import FixedFusion, LocationAdaptiveLearner, LocationInvariantLearner
+from dynfuse.heads import HeadOptions, NoSide5W
+from dynfuse.layers import FixedWeights, LocationAdaptiveLearner, LocationInvariantLearner
 from dynfuse.models import (
     DFF,
     TABLE1,
@@ -59,20 +60,21 @@ def test_table1_rows(row):
     head = model.head
     if row == "casenet":
         assert isinstance(model, CASENet) and isinstance(head, CASENetHead)
-        assert head.side5_w is None and isinstance(head.learner, FixedFusion)
+        assert isinstance(head.side5_w, NoSide5W) and isinstance(head.learner, FixedWeights)
         assert all(isinstance(s.norm, nn.Identity) for s in [*head.sides, head.side5])
     else:
         assert isinstance(model, DFF) and isinstance(head, DFFHead)
         options = TABLE1[row][1]
-        expected_norm = options.get("normalize", True)
+        assert isinstance(options, HeadOptions) and head.options == options
+        expected_norm = options.normalize
         for blk in [*head.sides, head.side5]:
             assert isinstance(blk.norm, nn.BatchNorm2d) == expected_norm
-        learner_cls = {"fixed": FixedFusion, "invariant": LocationInvariantLearner,
-                       "adaptive": LocationAdaptiveLearner}[options["learner"]]
+        learner_cls = {"fixed": FixedWeights, "invariant": LocationInvariantLearner,
+                       "adaptive": LocationAdaptiveLearner}[options.learner]
         assert isinstance(head.learner, learner_cls)
-        assert head.activation == options.get("activation")
+        assert head.activation == options.activation
     out = model(_seeded_input(2, 19, 23))
-    weight_shape = {FixedFusion: (3, 4), LocationInvariantLearner: (2, 3, 4),
+    weight_shape = {FixedWeights: (3, 4), LocationInvariantLearner: (2, 3, 4),
                     LocationAdaptiveLearner: (2, 3, 4, 19, 23)}
     assert tuple(out.weights.shape) == weight_shape[type(head.learner)]
     (out.fuse.mean() + out.side5.mean()).backward()
