@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from dynfuse.backbones import FeatureListBackbone, dilated_resnet_tiny
-from dynfuse.heads import CASENetHead, DFFHead, DFFOutput
-from dynfuse.heads import HeadOptions, NoSide5W
+from dynfuse.heads import CASENET_OPTIONS, CASENetHead, DFFHead, DFFOutput, HeadOptions, NoSide5W
 from dynfuse.layers import FixedWeights, LocationAdaptiveLearner, LocationInvariantLearner
 from dynfuse.models import (
     DFF,
@@ -291,3 +290,57 @@ def test_timm_backbone_local_weights(tmp_path):
     ours = model.backbone.body.state_dict()
     for key in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.running_var"):
         assert torch.equal(ours[key], src.state_dict()[key]), key
+
+
+def test_models_are_built_from_head_options():
+    opts = HeadOptions(learner="invariant", fusion_backend="torch")
+    a = create_model("dff", backbone="tiny", num_classes=2, options=opts)
+    b = create_model("dff", backbone="tiny", num_classes=2, learner="invariant", fusion_backend="torch")
+    c = DFF(dilated_resnet_tiny(), 2, options=opts)
+    assert a.head.options == b.head.options == c.head.options == opts
+    # Fields given beside options override them (create_table1_model relies on it).
+    d = create_table1_model("+location-invariant", backbone="tiny", num_classes=2, fusion_backend="torch")
+    assert d.head.options == opts
+    assert create_model("casenet", backbone="tiny", num_classes=2).head.options == CASENET_OPTIONS
+    dff_row = TABLE1["+location-adaptive"]
+    assert dff_row.options == HeadOptions() and dff_row.mf_ods == 80.4
+    model, options, _ = TABLE1["casenet"]  # rows unpack like the (model, options) pairs they were
+    assert (model, options) == ("casenet", CASENET_OPTIONS)
+
+
+def test_create_model_option_errors_are_value_errors():
+    # dynfuse-train turns these into one-line CLI errors (--model-kw).
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['learnr'\] for DFF: head options are"):
+        create_model("dff", backbone="tiny", num_classes=2, learnr="fixed")
+    with pytest.raises(ValueError, match="model options"):
+        create_model("casenet", backbone="tiny", num_classes=2, checkpoint_backbon=True)
+    with pytest.raises(ValueError, match="normalize must be True or False"):
+        create_model("dff", backbone="tiny", num_classes=2, normalize="false")
+    with pytest.raises(ValueError, match="learner must be one of"):
+        create_model("dff", backbone="tiny", num_classes=2, learner="bogus")
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 2.5"):
+        create_model("dff", backbone="tiny", num_classes=2.5)
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 2.5"):
+        DFF(dilated_resnet_tiny(), 2.5)
+    with pytest.raises(ValueError, match="location-adaptive learner, this head has FixedWeights"):
+        create_model("casenet", backbone="tiny", num_classes=2, checkpoint_learner=True)
+
+
+def test_image_dtype_mismatch_is_named():
+    model = create_model("dff", backbone="tiny", num_classes=2)
+    with pytest.raises(TypeError, match="images has dtype torch.float64 but the model's parameters are "
+                                        "torch.float32"):
+        model(torch.randn(1, 3, 16, 16, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["dff", "casenet"])
+def test_version1_model_state_loads(name):
+    # A model state dict in the version-1 layout (fixed fusion bias at head.learner.bias).
+    torch.manual_seed(12)
+    kwargs = {"learner": "fixed"} if name == "dff" else {}
+    model = create_model(name, backbone="tiny", num_classes=2, **kwargs)
+    state = model.state_dict()
+    old = {("head.learner.bias" if k == "head.fusion.bias" else k): v for k, v in state.items()}
+    fresh = create_model(name, backbone="tiny", num_classes=2, **kwargs)
+    fresh.load_state_dict(old)  # no metadata: the head goes by the keys
+    assert torch.equal(fresh.head.fusion.bias, model.head.fusion.bias)
