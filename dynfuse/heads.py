@@ -26,7 +26,7 @@ from .layers import (
     SideNormBlock,
 )
 from .layers.side_norm import UPSAMPLE_MODES, NormLayer, check_dtype, check_feature
-from .ops.validation import check_activation, check_backend
+from .ops.validation import BACKENDS, check_activation
 
 __all__ = [
     "CASENET_OPTIONS",
@@ -37,6 +37,9 @@ __all__ = [
     "HeadOptions",
     "LEARNERS",
     "LEARNER_RESOLUTIONS",
+    "NoSide5W",
+    "check_level_sizes",
+    "check_output_size",
     "parse_feature_info",
     "upgrade_state_dict",
 ]
@@ -91,10 +94,8 @@ class HeadOptions:
                 f"learner_resolution={self.learner_resolution!r} needs a learner that reads features "
                 "('adaptive' or 'invariant'); the 'fixed' learner has no Side5-w block"
             )
-        try:
-            check_backend(self.fusion_backend)
-        except ValueError as err:
-            raise ValueError(f"fusion_{err}") from None
+        if self.fusion_backend not in BACKENDS:
+            raise ValueError(f"fusion_backend must be one of {BACKENDS}, got {self.fusion_backend!r}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
