@@ -14,6 +14,8 @@ from dynfuse import CASENetHead, DFFHead, DFFOutput, DynamicFusion, HeadOptions
 from dynfuse.backbones import load_state_dict_checked
 from dynfuse.heads import HEAD_STATE_VERSION, NoSide5W, parse_feature_info, upgrade_state_dict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class TinyBackbone(nn.Module):
     """Four levels at strides 1, 2, 4, 8 (like the authors' dilated ResNet), ceil-mode sizes."""

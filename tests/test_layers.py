@@ -20,6 +20,8 @@ from dynfuse import (
 )
 from dynfuse.ops import dynamic_fuse, shared_concat
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @settings(max_examples=25, deadline=None)
 @given(scale=st.sampled_from([1, 2, 4, 8]), h=st.integers(1, 9), w=st.integers(1, 9),
