@@ -9,6 +9,7 @@ kind of head it is (the rows of the paper's Table 1 and our extensions) is one v
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -326,12 +327,11 @@ class DFFHead(nn.Module):
             )
         k, n_in = self.num_classes, self.num_sides + 1
         c_top, s_top = in_channels[-1], strides[-1]
-        side = dict(upsample=opts.upsample, norm_layer=norm_layer)
+        side = functools.partial(SideNormBlock, upsample=opts.upsample, norm_layer=norm_layer)
         self.sides = nn.ModuleList(
-            SideNormBlock(c, 1, s, norm=opts.normalize, **side)
-            for c, s in zip(in_channels[:-1], strides[:-1], strict=True)
+            side(c, 1, s, norm=opts.normalize) for c, s in zip(in_channels[:-1], strides[:-1], strict=True)
         )
-        self.side5 = SideNormBlock(c_top, k, s_top, norm=opts.normalize, **side)
+        self.side5 = side(c_top, k, s_top, norm=opts.normalize)
         fixed = opts.learner == "fixed"
         self.side5_w: nn.Module
         self.learner: nn.Module
@@ -340,7 +340,7 @@ class DFFHead(nn.Module):
             self.learner = FixedWeights(k, n_in)
         else:
             w_scale = s_top if opts.learner_resolution == "full" else 1
-            self.side5_w = SideNormBlock(c_top, k * n_in, w_scale, **side)
+            self.side5_w = side(c_top, k * n_in, w_scale)
             extra = {"norm_layer": norm_layer} if opts.learner == "adaptive" else {}
             self.learner = _LEARNER_CLASSES[opts.learner](k * n_in, k, n_in, **extra)
         # CASENet's fused grouped convolution has a per-class bias; the DFF fusion has none.

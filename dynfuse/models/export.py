@@ -101,7 +101,8 @@ def export_onnx(
             torch.onnx.export(
                 _Outputs(model, len(names)),
                 (example,),
-                path if isinstance(path, io.BytesIO) else os.fspath(path),
+                # torch's annotation omits buffers, which the exporter writes to all the same.
+                path if isinstance(path, io.BytesIO) else os.fspath(path),  # type: ignore[arg-type]
                 input_names=["images"],
                 output_names=names,
                 dynamic_axes=dynamic_axes,

@@ -107,7 +107,8 @@ def create_backbone(
             kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": os.fspath(pretrained)}}
         bb = TimmBackbone(timm_name, **kwargs)
         if checkpoint:
-            bb.body.set_grad_checkpointing(True)
+            body: Any = bb.body  # a timm model; nn.Module's typing does not know its methods
+            body.set_grad_checkpointing(True)
         return bb
     raise ValueError(
         f"unknown backbone {backbone!r}: use 'resnet50', 'resnet101', 'tiny', 'timm:<name>' or a module"
