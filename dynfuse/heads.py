@@ -504,8 +504,8 @@ class CASENetHead(DFFHead):
         if changed:
             shown = ", ".join(f"{n}={v!r}" for n, v in changed.items())
             raise ValueError(
-                f"CASENet has a fixed fusion without normalizer; {shown} apply to DFF only (for "
-                "CASENet's fusion with the normalizer use create_model('dff', learner='fixed'))"
+                f"CASENet has a fixed fusion without normalizer; {shown}: options that apply to DFF "
+                "only (for CASENet's fusion with the normalizer use create_model('dff', learner='fixed'))"
             )
         return opts
 

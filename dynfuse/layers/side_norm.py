@@ -51,7 +51,7 @@ def check_dtype(name: str, x: torch.Tensor, params: torch.Tensor, owner: str) ->
         return
     raise TypeError(
         f"{name} has dtype {x.dtype} but the {owner}'s parameters are {params.dtype}: cast the "
-        f"features (.to({params.dtype})), convert the {owner} (.to({x.dtype})), or run under "
+        f"input (.to({params.dtype})), convert the {owner} (.to({x.dtype})), or run under "
         "torch.autocast"
     )
 
