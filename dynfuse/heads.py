@@ -127,12 +127,14 @@ _V1_RENAMES = (("learner.bias", "fusion.bias"),)
 
 
 def upgrade_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A head's or model's state dict of any earlier format under today's keys (a new dict).
+    """A dynfuse head's or model's state dict of any earlier format under today's keys (a new dict).
 
     Version 1 kept a fixed head's fusion bias at ``<prefix>learner.bias``; it is now
     ``<prefix>fusion.bias``. No other learner has a ``bias`` of its own, so the key tells the format.
-    Current state dicts pass through unchanged. Checkpoint loaders that compare key sets call this
-    first; ``module.load_state_dict`` does it by itself (see ``DFFHead._load_from_state_dict``).
+    Current state dicts pass through unchanged; a ``module.`` prefix may be there or not. Meant for
+    dynfuse models and heads (any ``*.learner.bias`` is taken for a version-1 head's). Checkpoint
+    loaders that compare key sets call this first; ``module.load_state_dict`` needs no call (see
+    ``DFFHead._load_from_state_dict``).
     """
     out = dict(state)
     for key in list(out):
