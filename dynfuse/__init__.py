@@ -3,10 +3,11 @@
 The fusion op (:func:`dynamic_fuse`), the DFF layers, and heads that sit on any backbone.
 """
 
-from .heads import CASENetHead, DFFHead, DFFOutput
+from .heads import CASENetHead, DFFHead, DFFOutput, HeadOptions
 from .layers import (
     DynamicFusion,
     FixedFusion,
+    FixedWeights,
     LocationAdaptiveLearner,
     LocationInvariantLearner,
     SharedConcat,
@@ -23,6 +24,8 @@ __all__ = [
     "DFFOutput",
     "DynamicFusion",
     "FixedFusion",
+    "FixedWeights",
+    "HeadOptions",
     "LocationAdaptiveLearner",
     "LocationInvariantLearner",
     "SharedConcat",

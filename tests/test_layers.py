@@ -12,12 +12,15 @@ from torch import nn
 from dynfuse import (
     DynamicFusion,
     FixedFusion,
+    FixedWeights,
     LocationAdaptiveLearner,
     LocationInvariantLearner,
     SharedConcat,
     SideNormBlock,
 )
 from dynfuse.ops import dynamic_fuse, shared_concat
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @settings(max_examples=25, deadline=None)
@@ -145,9 +148,64 @@ def test_dynamic_fusion_module():
     (SharedConcat(), ["side5_k"]),
     (LocationAdaptiveLearner(8, 2), ["num_classes=2", "num_inputs=4"]),
     (LocationInvariantLearner(8, 2), ["in_channels=8", "num_classes=2"]),
-    (DynamicFusion(), ["activation=None", "backend='auto'"]),
+    (DynamicFusion(), ["activation=None", "backend='auto'", "bias=False"]),
+    (FixedWeights(3), ["num_classes=3", "num_inputs=4"]),
     (FixedFusion(3), ["num_classes=3", "bias=True"]),
 ])
 def test_repr(module, words):
     text = repr(module)
     assert all(w in text for w in words), text
+
+
+def test_fixed_weights_is_a_learner_returning_its_parameter():
+    learner = FixedWeights(3, 4)
+    w = learner(torch.randn(2, 8, 5, 6))
+    assert w.shape == (3, 4) and w.data_ptr() == learner.weight.data_ptr()  # a view, no copy
+    assert learner.weight.shape == (3, 4, 1, 1)  # the grouped conv's shape, as the authors save it
+    torch.testing.assert_close(learner(None), w)
+    w.sum().backward()
+    assert torch.equal(learner.weight.grad, torch.ones(3, 4, 1, 1))
+
+
+def test_fixed_weights_and_biased_fusion_equal_fixed_fusion():
+    # The heads' fixed fusion (FixedWeights + DynamicFusion(bias=True)) is CASENet's grouped conv.
+    k, s = 3, 3
+    learner, fusion = FixedWeights(k, s + 1), DynamicFusion(num_classes=k, bias=True, backend="torch")
+    side5, sides = torch.randn(2, k, 5, 6), torch.randn(2, s, 5, 6)
+    want = F.conv2d(shared_concat(side5, sides).double(), learner.weight.double(), fusion.bias.double(),
+                    groups=k)
+    torch.testing.assert_close(fusion(side5, sides, learner(None)).double(), want, rtol=1e-5, atol=1e-5)
+    bound = 1 / (s + 1) ** 0.5  # the grouped conv's default initialisation
+    assert fusion.bias.abs().max() <= bound and learner.weight.abs().max() <= bound
+    assert DynamicFusion().bias is None
+    with pytest.raises(ValueError, match="num_classes"):
+        DynamicFusion(bias=True)
+
+
+def test_side_norm_block_names_a_dtype_mismatch():
+    block = SideNormBlock(4, 2, 2)
+    for dtype in (torch.float64, torch.bfloat16):
+        with pytest.raises(TypeError, match=rf"dtype {dtype} but the block's parameters are torch.float32"):
+            block(torch.randn(1, 4, 3, 3, dtype=dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts the inputs: allowed
+        assert block(torch.randn(1, 4, 3, 3, dtype=torch.bfloat16)).shape == (1, 2, 6, 6)
+
+
+def test_checkpointing_helpers_live_in_layers_and_keep_old_paths():
+    from dynfuse.backbones import run_checkpointed as from_backbones
+    from dynfuse.backbones.resnet import run_checkpointed as from_resnet
+    from dynfuse.layers import CheckpointedAdaptiveLearner, run_checkpointed
+    from dynfuse.models import CheckpointedAdaptiveLearner as from_models
+    from dynfuse.models.edge import CheckpointedAdaptiveLearner as from_edge
+
+    assert from_backbones is from_resnet is run_checkpointed
+    assert from_models is from_edge is CheckpointedAdaptiveLearner
+    # BN statistics are updated once although the block runs twice (forward + recomputation).
+    block = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    plain = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    plain.load_state_dict(block.state_dict())
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    run_checkpointed(block, block, x).sum().backward()
+    plain(x).sum()
+    torch.testing.assert_close(block[1].running_mean, plain[1].running_mean)
+    assert int(block[1].num_batches_tracked) == 1

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from dynfuse.backbones import FeatureListBackbone, dilated_resnet_tiny
-from dynfuse.heads import CASENetHead, DFFHead, DFFOutput
-from dynfuse.layers import FixedFusion, LocationAdaptiveLearner, LocationInvariantLearner
+from dynfuse.heads import CASENET_OPTIONS, CASENetHead, DFFHead, DFFOutput, HeadOptions, NoSide5W
+from dynfuse.layers import FixedWeights, LocationAdaptiveLearner, LocationInvariantLearner
 from dynfuse.models import (
     DFF,
     TABLE1,
@@ -59,20 +59,21 @@ def test_table1_rows(row):
     head = model.head
     if row == "casenet":
         assert isinstance(model, CASENet) and isinstance(head, CASENetHead)
-        assert head.side5_w is None and isinstance(head.learner, FixedFusion)
+        assert isinstance(head.side5_w, NoSide5W) and isinstance(head.learner, FixedWeights)
         assert all(isinstance(s.norm, nn.Identity) for s in [*head.sides, head.side5])
     else:
         assert isinstance(model, DFF) and isinstance(head, DFFHead)
         options = TABLE1[row][1]
-        expected_norm = options.get("normalize", True)
+        assert isinstance(options, HeadOptions) and head.options == options
+        expected_norm = options.normalize
         for blk in [*head.sides, head.side5]:
             assert isinstance(blk.norm, nn.BatchNorm2d) == expected_norm
-        learner_cls = {"fixed": FixedFusion, "invariant": LocationInvariantLearner,
-                       "adaptive": LocationAdaptiveLearner}[options["learner"]]
+        learner_cls = {"fixed": FixedWeights, "invariant": LocationInvariantLearner,
+                       "adaptive": LocationAdaptiveLearner}[options.learner]
         assert isinstance(head.learner, learner_cls)
-        assert head.activation == options.get("activation")
+        assert head.activation == options.activation
     out = model(_seeded_input(2, 19, 23))
-    weight_shape = {FixedFusion: (3, 4), LocationInvariantLearner: (2, 3, 4),
+    weight_shape = {FixedWeights: (3, 4), LocationInvariantLearner: (2, 3, 4),
                     LocationAdaptiveLearner: (2, 3, 4, 19, 23)}
     assert tuple(out.weights.shape) == weight_shape[type(head.learner)]
     (out.fuse.mean() + out.side5.mean()).backward()
@@ -289,3 +290,57 @@ def test_timm_backbone_local_weights(tmp_path):
     ours = model.backbone.body.state_dict()
     for key in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.running_var"):
         assert torch.equal(ours[key], src.state_dict()[key]), key
+
+
+def test_models_are_built_from_head_options():
+    opts = HeadOptions(learner="invariant", fusion_backend="torch")
+    a = create_model("dff", backbone="tiny", num_classes=2, options=opts)
+    b = create_model("dff", backbone="tiny", num_classes=2, learner="invariant", fusion_backend="torch")
+    c = DFF(dilated_resnet_tiny(), 2, options=opts)
+    assert a.head.options == b.head.options == c.head.options == opts
+    # Fields given beside options override them (create_table1_model relies on it).
+    d = create_table1_model("+location-invariant", backbone="tiny", num_classes=2, fusion_backend="torch")
+    assert d.head.options == opts
+    assert create_model("casenet", backbone="tiny", num_classes=2).head.options == CASENET_OPTIONS
+    dff_row = TABLE1["+location-adaptive"]
+    assert dff_row.options == HeadOptions() and dff_row.mf_ods == 80.4
+    model, options, _ = TABLE1["casenet"]  # rows unpack like the (model, options) pairs they were
+    assert (model, options) == ("casenet", CASENET_OPTIONS)
+
+
+def test_create_model_option_errors_are_value_errors():
+    # dynfuse-train turns these into one-line CLI errors (--model-kw).
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['learnr'\] for DFF: head options are"):
+        create_model("dff", backbone="tiny", num_classes=2, learnr="fixed")
+    with pytest.raises(ValueError, match="model options"):
+        create_model("casenet", backbone="tiny", num_classes=2, checkpoint_backbon=True)
+    with pytest.raises(ValueError, match="normalize must be True or False"):
+        create_model("dff", backbone="tiny", num_classes=2, normalize="false")
+    with pytest.raises(ValueError, match="learner must be one of"):
+        create_model("dff", backbone="tiny", num_classes=2, learner="bogus")
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 2.5"):
+        create_model("dff", backbone="tiny", num_classes=2.5)
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 2.5"):
+        DFF(dilated_resnet_tiny(), 2.5)
+    with pytest.raises(ValueError, match="location-adaptive learner, this head has FixedWeights"):
+        create_model("casenet", backbone="tiny", num_classes=2, checkpoint_learner=True)
+
+
+def test_image_dtype_mismatch_is_named():
+    model = create_model("dff", backbone="tiny", num_classes=2)
+    with pytest.raises(TypeError, match="images has dtype torch.float64 but the model's parameters are "
+                                        "torch.float32"):
+        model(torch.randn(1, 3, 16, 16, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["dff", "casenet"])
+def test_version1_model_state_loads(name):
+    # A model state dict in the version-1 layout (fixed fusion bias at head.learner.bias).
+    torch.manual_seed(12)
+    kwargs = {"learner": "fixed"} if name == "dff" else {}
+    model = create_model(name, backbone="tiny", num_classes=2, **kwargs)
+    state = model.state_dict()
+    old = {("head.learner.bias" if k == "head.fusion.bias" else k): v for k, v in state.items()}
+    fresh = create_model(name, backbone="tiny", num_classes=2, **kwargs)
+    fresh.load_state_dict(old)  # no metadata: the head goes by the keys
+    assert torch.equal(fresh.head.fusion.bias, model.head.fusion.bias)

@@ -293,6 +293,13 @@ def test_casenet_matches_authors_forward():
     _close(out.fuse, ref_fuse)
     back = to_official_state_dict(model)
     assert set(back) == {key for key in sd if not key.startswith("pretrained.fc.")}
+    # The grouped conv splits in two: its weight is the fixed learner's, its bias the fusion's.
+    assert torch.equal(model.head.learner.weight, sd["fuse.weight"])
+    assert torch.equal(model.head.fusion.bias, sd["fuse.bias"])
+    for key in ("fuse.weight", "fuse.bias"):
+        assert torch.equal(back[key], sd[key]), key
+    converted, unknown, _ = convert_official_state_dict(sd, "casenet")
+    assert not unknown and "head.fusion.bias" in converted and "head.learner.bias" not in converted
 
 
 @pytest.mark.slow

@@ -1,16 +1,25 @@
 """DFF layers: thin ``nn.Module`` wrappers over :mod:`dynfuse.ops`."""
 
+from .checkpointing import run_checkpointed
 from .concat import SharedConcat
 from .fusion import DynamicFusion, FixedFusion
-from .learners import LocationAdaptiveLearner, LocationInvariantLearner
+from .learners import (
+    CheckpointedAdaptiveLearner,
+    FixedWeights,
+    LocationAdaptiveLearner,
+    LocationInvariantLearner,
+)
 from .side_norm import SideNormBlock, fit_to_size
 
 __all__ = [
+    "CheckpointedAdaptiveLearner",
     "DynamicFusion",
     "FixedFusion",
+    "FixedWeights",
     "LocationAdaptiveLearner",
     "LocationInvariantLearner",
     "SharedConcat",
     "SideNormBlock",
     "fit_to_size",
+    "run_checkpointed",
 ]

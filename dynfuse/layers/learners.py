@@ -1,10 +1,19 @@
-"""Adaptive weight learners: predict fusion weights from the Side5-w feature map (section 4.2)."""
+"""Weight learners: the fusion weights of a head, from the Side5-w feature map (section 4.2).
+
+Every learner is called the same way, ``learner(x)`` with the Side5-w map ``x`` (B, C, H, W), and
+returns the weights in one of :func:`dynfuse.ops.dynamic_fuse`'s forms: (B, K, S+1, H, W) per location
+(:class:`LocationAdaptiveLearner`), (B, K, S+1) per image (:class:`LocationInvariantLearner`) or
+(K, S+1) shared by all (:class:`FixedWeights`, which reads no input).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
+from .checkpointing import run_checkpointed
 from .side_norm import NormLayer, check_feature
 
 
@@ -94,3 +103,44 @@ class LocationInvariantLearner(nn.Module):
             f"in_channels={self.in_channels}, num_classes={self.num_classes}, "
             f"num_inputs={self.num_inputs}, hidden_features={self.hidden_features}"
         )
+
+
+class CheckpointedAdaptiveLearner(LocationAdaptiveLearner):
+    """A :class:`LocationAdaptiveLearner` whose three conv-BN(-ReLU) blocks are recomputed in backward.
+
+    At full resolution the learner keeps about six (B, K*(S+1), H, W) activations for backward; with
+    checkpointing only its input and output stay alive. Same parameters and state-dict keys as the
+    plain learner; models switch an existing learner's class to this one (and back).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            return run_checkpointed(super().forward, self, x)
+        return super().forward(x)
+
+
+class FixedWeights(nn.Module):
+    """Learned constants: one weight per class and fused input, shared by all images and locations.
+
+    The "learner" of CASENet's fixed fusion (and of Table 1's "+normalizer" row). ``forward(x)``
+    ignores ``x`` (heads pass it so that every learner is called alike) and returns the (K, S+1)
+    weights, a view of ``weight``. ``weight`` keeps the (K, S+1, 1, 1) shape of the grouped 1x1
+    convolution it replaces, so the authors' ``fuse.weight`` loads as it is; it is initialised like
+    that convolution.
+    """
+
+    def __init__(self, num_classes: int, num_inputs: int = 4) -> None:
+        super().__init__()
+        self.num_classes, self.num_inputs = int(num_classes), int(num_inputs)
+        self.weight = nn.Parameter(torch.empty(self.num_classes, self.num_inputs, 1, 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Conv2d's default: kaiming_uniform_(a=sqrt(5)) over the fan-in of one group (S+1 inputs).
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weight.view(self.num_classes, self.num_inputs)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, num_inputs={self.num_inputs}"

@@ -41,6 +41,21 @@ def check_feature(name: str, x: object, channels: int | None) -> torch.Tensor:
     return x
 
 
+def check_dtype(name: str, x: torch.Tensor, params: torch.Tensor, owner: str) -> None:
+    """Raise a TypeError naming both dtypes unless ``x`` fits a layer whose parameters are ``params``.
+
+    Equal dtypes fit; so does any floating input under ``torch.autocast`` for ``x``'s device (autocast
+    casts the inputs of each convolution), which is how fp16/bf16 features meet fp32 weights.
+    """
+    if x.dtype == params.dtype or torch.is_autocast_enabled(x.device.type):
+        return
+    raise TypeError(
+        f"{name} has dtype {x.dtype} but the {owner}'s parameters are {params.dtype}: cast the "
+        f"input (.to({params.dtype})), convert the {owner} (.to({x.dtype})), or run under "
+        "torch.autocast"
+    )
+
+
 class SideNormBlock(nn.Module):
     """1x1 conv (with bias) -> BatchNorm -> upsampling by ``scale`` -> exact crop/resize.
 
@@ -90,6 +105,7 @@ class SideNormBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
         check_feature("SideNormBlock input", x, self.in_channels)
+        check_dtype("SideNormBlock input", x, self.conv.weight, "block")
         if output_size is None:
             output_size = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
         y = self.norm(self.conv(x))

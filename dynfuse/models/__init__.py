@@ -1,6 +1,6 @@
 """DFF and CASENet models, builders by name, and loading of the authors' checkpoints."""
 
-from .edge import DFF, CASENet, CheckpointedAdaptiveLearner, EdgeModel
+from .edge import DFF, MODEL_OPTIONS, CASENet, CheckpointedAdaptiveLearner, EdgeModel
 from .export import export_onnx, fusion_backend
 from .official import (
     convert_official_state_dict,
@@ -10,6 +10,7 @@ from .official import (
 )
 from .registry import (
     TABLE1,
+    Table1Row,
     create_backbone,
     create_model,
     create_table1_model,
@@ -20,9 +21,11 @@ from .registry import (
 __all__ = [
     "CASENet",
     "DFF",
+    "MODEL_OPTIONS",
     "TABLE1",
     "CheckpointedAdaptiveLearner",
     "EdgeModel",
+    "Table1Row",
     "convert_official_state_dict",
     "create_backbone",
     "create_model",

@@ -16,28 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.resnet import DilatedResNet, run_checkpointed
-from ..heads import CASENetHead, DFFHead, DFFOutput
-from ..layers import LocationAdaptiveLearner
-from ..layers.side_norm import check_feature
+from ..backbones.resnet import DilatedResNet
+from ..heads import CASENetHead, DFFHead, DFFOutput, HeadOptions
+from ..layers import CheckpointedAdaptiveLearner, LocationAdaptiveLearner
+from ..layers.side_norm import check_dtype, check_feature
 
-__all__ = ["CASENet", "DFF", "EdgeModel", "CheckpointedAdaptiveLearner"]
+__all__ = ["CASENet", "DFF", "EdgeModel", "CheckpointedAdaptiveLearner", "MODEL_OPTIONS"]
 
 NormLayer = Callable[[int], nn.Module]
 
-
-class CheckpointedAdaptiveLearner(LocationAdaptiveLearner):
-    """A :class:`LocationAdaptiveLearner` whose three conv-BN(-ReLU) blocks are recomputed in backward.
-
-    At full resolution the learner keeps about six (B, K*(S+1), H, W) activations for backward; with
-    checkpointing only its input and output stay alive. Same parameters and state-dict keys as the
-    plain learner; models switch an existing learner's class to this one (and back).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled():
-            return run_checkpointed(super().forward, self, x)
-        return super().forward(x)
+#: Keyword arguments of the models that are not head options (:class:`~dynfuse.heads.HeadOptions`).
+MODEL_OPTIONS = ("norm_layer", "checkpoint_backbone", "checkpoint_learner", "channels_last")
 
 
 class EdgeModel(nn.Module):
@@ -58,6 +47,9 @@ class EdgeModel(nn.Module):
     def forward(self, images: torch.Tensor) -> DFFOutput:
         """images (B, C, H, W) float -> DFFOutput(side5, fuse (B, K, H, W) logits, weights)."""
         check_feature("images", images, getattr(self.backbone, "in_channels", None))
+        params = next(self.backbone.parameters(), None)
+        if params is not None:
+            check_dtype("images", images, params, "model")
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
@@ -117,7 +109,44 @@ def _set_backbone_checkpointing(backbone: nn.Module, enable: bool) -> None:
     setter(enable)
 
 
-class DFF(EdgeModel):
+class _OptionsModel(EdgeModel):
+    """An :class:`EdgeModel` whose head is built from the backbone's ``feature_info`` and
+    :class:`~dynfuse.heads.HeadOptions` (``head_class`` picks DFF's or CASENet's)."""
+
+    head_class: type[DFFHead] = DFFHead
+
+    @classmethod
+    def resolve_options(cls, options: HeadOptions | None = None, **head_options: Any) -> HeadOptions:
+        """The head options this model would be built with; a ValueError names an unknown or
+        invalid option (builders call this before making a possibly large backbone)."""
+        unknown = sorted(set(head_options) - set(HeadOptions.names()) - {"backend"})
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for {cls.__name__}: head options are "
+                f"{list(HeadOptions.names())}, model options {list(MODEL_OPTIONS)}"
+            )
+        return cls.head_class.resolve_options(options, **head_options)
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        options: HeadOptions | None = None,
+        norm_layer: NormLayer | None = None,
+        checkpoint_backbone: bool = False,
+        checkpoint_learner: bool = False,
+        channels_last: bool = False,
+        **head_options: Any,
+    ) -> None:
+        info = _feature_info(backbone)
+        opts = self.resolve_options(options, **head_options)
+        head = self.head_class.from_feature_info(info, num_classes, options=opts, norm_layer=norm_layer)
+        super().__init__(backbone, head, channels_last=channels_last)
+        self.set_checkpointing(backbone=checkpoint_backbone, learner=checkpoint_learner)
+
+
+class DFF(_OptionsModel):
     """Dynamic Feature Fusion (Hu et al., IJCAI 2019) on any backbone with a ``feature_info``.
 
     Args:
@@ -125,80 +154,28 @@ class DFF(EdgeModel):
             :func:`dynfuse.backbones.dilated_resnet50` (the paper), ``dilated_resnet_tiny``, a
             :class:`~dynfuse.backbones.TimmBackbone`.
         num_classes: K.
-        learner: "adaptive" (paper), "invariant" or "fixed" (Table 1 rows 5, 3, 2).
-        normalize: the normalizer (BatchNorm) in the side blocks (row 6 turns it off).
-        activation: None (paper) or "softmax" over the fusion weights (row 4).
-        fusion_backend: backend of :func:`dynfuse.ops.dynamic_fuse` ("auto", "torch", "reference",
-            "triton"); use "reference" or "torch" for ONNX export.
-        upsample: "deconv" (paper) or "bilinear".
-        learner_resolution: "full" (paper) or "top": run Side5-w and the learner at the top level's
-            resolution and upsample the weights (much less memory; not the paper's model).
+        options: the head, a :class:`~dynfuse.heads.HeadOptions` (default: the paper's DFF; the
+            rows of Table 1 are in :data:`dynfuse.models.TABLE1`).
         norm_layer: normalization factory for the head (e.g. ``nn.SyncBatchNorm``).
         checkpoint_backbone, checkpoint_learner: activation checkpointing (memory for compute).
         channels_last: keep parameters and inputs in channels-last memory format.
+        **head_options: :class:`~dynfuse.heads.HeadOptions` fields applied on top of ``options``:
+            ``learner`` ("adaptive", "invariant", "fixed": Table 1 rows 5, 3, 2), ``normalize``,
+            ``activation``, ``upsample``, ``learner_resolution``, ``fusion_backend``.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        *,
-        learner: str = "adaptive",
-        normalize: bool = True,
-        activation: str | None = None,
-        fusion_backend: str = "auto",
-        upsample: str = "deconv",
-        learner_resolution: str = "full",
-        norm_layer: NormLayer | None = None,
-        checkpoint_backbone: bool = False,
-        checkpoint_learner: bool = False,
-        channels_last: bool = False,
-    ) -> None:
-        info = _feature_info(backbone)
-        head = DFFHead.from_feature_info(
-            info,
-            num_classes,
-            learner=learner,
-            normalize=normalize,
-            activation=activation,
-            upsample=upsample,
-            backend=fusion_backend,
-            norm_layer=norm_layer,
-            learner_resolution=learner_resolution,
-        )
-        super().__init__(backbone, head, channels_last=channels_last)
-        self.set_checkpointing(backbone=checkpoint_backbone, learner=checkpoint_learner)
+    head_class = DFFHead
 
 
-class CASENet(EdgeModel):
+class CASENet(_OptionsModel):
     """CASENet (Yu et al., CVPR 2017) as the DFF authors reproduced it: side blocks without the
-    normalizer and a fixed per-class fusion (a grouped 1x1 conv). Table 1 row 1.
+    normalizer and a fixed per-class fusion (a grouped 1x1 conv with a bias). Table 1 row 1.
 
-    Args: as :class:`DFF` where they apply (no learner, normalizer or activation options).
+    Args: as :class:`DFF`; the head starts from :data:`~dynfuse.heads.CASENET_OPTIONS` and only
+    ``fusion_backend`` and ``upsample`` may change (the rest would be another model).
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        *,
-        fusion_backend: str = "auto",
-        upsample: str = "deconv",
-        norm_layer: NormLayer | None = None,
-        checkpoint_backbone: bool = False,
-        channels_last: bool = False,
-    ) -> None:
-        info = _feature_info(backbone)
-        head = CASENetHead(
-            list(info.channels()),
-            num_classes,
-            strides=list(info.reduction()),
-            upsample=upsample,
-            backend=fusion_backend,
-            norm_layer=norm_layer,
-        )
-        super().__init__(backbone, head, channels_last=channels_last)
-        self.set_checkpointing(backbone=checkpoint_backbone)
+    head_class = CASENetHead
 
 
 def _feature_info(backbone: nn.Module) -> Any:

@@ -83,9 +83,10 @@ def export_onnx(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     example = torch.zeros(batch_size, in_channels, int(image_size[0]), int(image_size[1]), device=device)
-    learner = getattr(getattr(model, "head", None), "learner", None)
+    options = getattr(getattr(model, "head", None), "options", None)
     # Fixed (CASENet-style) weights are constants of the graph, not an output.
-    names = list(OUTPUT_NAMES[:2]) if isinstance(learner, FixedFusion) else list(OUTPUT_NAMES)
+    fixed = options is not None and options.learner == "fixed"
+    names = list(OUTPUT_NAMES[:2]) if fixed else list(OUTPUT_NAMES)
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: "batch"} for name in ["images", *names]}
@@ -100,7 +101,8 @@ def export_onnx(
             torch.onnx.export(
                 _Outputs(model, len(names)),
                 (example,),
-                path if isinstance(path, io.BytesIO) else os.fspath(path),
+                # torch's annotation omits buffers, which the exporter writes to all the same.
+                path if isinstance(path, io.BytesIO) else os.fspath(path),  # type: ignore[arg-type]
                 input_names=["images"],
                 output_names=names,
                 dynamic_axes=dynamic_axes,

@@ -51,7 +51,9 @@ _CASENET_RULES: tuple[tuple[str, str], ...] = (
     (r"^side([23])\.1\.", "head.sides.{i}.upsample."),
     (r"^side5\.0\.", "head.side5.conv."),
     (r"^side5\.1\.", "head.side5.upsample."),
-    (r"^fuse\.", "head.learner."),
+    # The grouped 1x1 conv: its weight is the fixed learner's, its bias the fusion's.
+    (r"^fuse\.weight$", "head.learner.weight"),
+    (r"^fuse\.bias$", "head.fusion.bias"),
 )
 _RULES = {"dff": _DFF_RULES, "casenet": _CASENET_RULES}
 
@@ -135,6 +137,7 @@ def _official_key_candidates(our_keys: Iterable[str], kind: str) -> dict[str, st
             (r"^head\.side5\.conv\.", "side5.0."),
             (r"^head\.side5\.upsample\.", "side5.1."),
             (r"^head\.learner\.", "fuse."),
+            (r"^head\.fusion\.", "fuse."),
         ]
     out = {}
     for key in our_keys:

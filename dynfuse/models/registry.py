@@ -2,24 +2,27 @@
 
 Backbone names: "resnet50", "resnet101" (the authors' dilated ResNets), "tiny" (a small CPU-friendly
 one with the same topology), "timm:<model name>" (any timm features_only model), or an ``nn.Module``
-with a ``feature_info``. ``TABLE1`` maps each row of the paper's ablation (Table 1) to its options.
+with a ``feature_info``. ``TABLE1`` maps each row of the paper's ablation (Table 1) to its model and
+:class:`~dynfuse.heads.HeadOptions`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from ..backbones.adapters import TimmBackbone
 from ..backbones.resnet import dilated_resnet50, dilated_resnet101, dilated_resnet_tiny
-from .edge import DFF, CASENet, EdgeModel
+from ..heads import CASENET_OPTIONS, HeadOptions
+from .edge import DFF, MODEL_OPTIONS, CASENet, EdgeModel
 
 __all__ = [
     "TABLE1",
+    "Table1Row",
     "create_backbone",
     "create_model",
     "create_table1_model",
@@ -31,14 +34,22 @@ Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | None
 
 _MODELS: dict[str, Callable[..., EdgeModel]] = {}
 
-# The paper's Table 1 (Cityscapes, ResNet-50, mean MF-ODS %): model name and create_model options.
-TABLE1: dict[str, tuple[str, dict[str, Any]]] = {
-    "casenet": ("casenet", {}),  # 78.4 (reproduced baseline)
-    "+normalizer": ("dff", {"learner": "fixed", "normalize": True}),  # 78.7
-    "+location-invariant": ("dff", {"learner": "invariant", "normalize": True}),  # 79.1
-    "+location-adaptive+softmax": ("dff", {"learner": "adaptive", "activation": "softmax"}),  # 80.1
-    "+location-adaptive": ("dff", {"learner": "adaptive", "activation": None}),  # 80.4 (DFF)
-    "location-adaptive-no-normalizer": ("dff", {"learner": "adaptive", "normalize": False}),  # 78.9
+class Table1Row(NamedTuple):
+    """One row of the paper's Table 1: the registered model, its head options and the paper's score."""
+
+    model: str
+    options: HeadOptions
+    mf_ods: float  # mean MF-ODS (%), Cityscapes, ResNet-50, as printed in the paper
+
+
+# The paper's Table 1 (Cityscapes, ResNet-50, mean MF-ODS %).
+TABLE1: dict[str, Table1Row] = {
+    "casenet": Table1Row("casenet", CASENET_OPTIONS, 78.4),  # reproduced baseline
+    "+normalizer": Table1Row("dff", HeadOptions(learner="fixed"), 78.7),
+    "+location-invariant": Table1Row("dff", HeadOptions(learner="invariant"), 79.1),
+    "+location-adaptive+softmax": Table1Row("dff", HeadOptions(activation="softmax"), 80.1),
+    "+location-adaptive": Table1Row("dff", HeadOptions(), 80.4),  # DFF
+    "location-adaptive-no-normalizer": Table1Row("dff", HeadOptions(normalize=False), 78.9),
 }
 
 
@@ -96,7 +107,8 @@ def create_backbone(
             kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": os.fspath(pretrained)}}
         bb = TimmBackbone(timm_name, **kwargs)
         if checkpoint:
-            bb.body.set_grad_checkpointing(True)
+            body: Any = bb.body  # a timm model; nn.Module's typing does not know its methods
+            body.set_grad_checkpointing(True)
         return bb
     raise ValueError(
         f"unknown backbone {backbone!r}: use 'resnet50', 'resnet101', 'tiny', 'timm:<name>' or a module"
@@ -109,26 +121,31 @@ def create_model(
     backbone: str | nn.Module = "resnet50",
     num_classes: int,
     pretrained_backbone: Source = None,
+    options: HeadOptions | None = None,
     **kwargs: Any,
 ) -> EdgeModel:
-    """Build a registered model.
+    """Build a registered model: ``EdgeModel(backbone, head)`` with the head made from ``options``.
 
     Args:
         name: "dff" or "casenet" (or anything registered with :func:`register_model`).
         backbone: "resnet50", "resnet101", "tiny", "timm:<name>" or an nn.Module with feature_info.
         num_classes: K.
         pretrained_backbone: local backbone weights (see :func:`create_backbone`); never downloads.
-        **kwargs: model options: ``learner``, ``normalize``, ``activation`` (DFF only),
-            ``fusion_backend``, ``upsample``, ``learner_resolution`` (DFF only), ``norm_layer``,
-            ``checkpoint_backbone``, ``checkpoint_learner`` (DFF only), ``channels_last``.
+        options: a :class:`~dynfuse.heads.HeadOptions` (default: the model's own, DFF's or CASENet's).
+        **kwargs: :class:`~dynfuse.heads.HeadOptions` fields applied on top of ``options``
+            (``learner``, ``normalize``, ``activation``, ``upsample``, ``learner_resolution``,
+            ``fusion_backend``) and the model options ``norm_layer``, ``checkpoint_backbone``,
+            ``checkpoint_learner``, ``channels_last``. An unknown or invalid one is a ValueError.
 
-    Example: ``create_model("dff", backbone="tiny", num_classes=19)``.
+    Example: ``create_model("dff", backbone="tiny", num_classes=19, learner="invariant")``.
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {list_models()}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if options is not None:
+        kwargs["options"] = options
     return _MODELS[key](backbone=backbone, num_classes=num_classes,
                         pretrained_backbone=pretrained_backbone, **kwargs)
 
@@ -136,47 +153,32 @@ def create_model(
 def create_table1_model(row: str, **kwargs: Any) -> EdgeModel:
     """Build the model of one row of the paper's Table 1 (keys of :data:`TABLE1`).
 
-    ``kwargs`` go to :func:`create_model` (``num_classes`` is required) and override the row's options.
+    ``kwargs`` go to :func:`create_model` (``num_classes`` is required); head option fields among
+    them override the row's options (e.g. ``fusion_backend="torch"``).
     """
     if row not in TABLE1:
         raise ValueError(f"unknown Table 1 row {row!r}; rows: {list(TABLE1)}")
-    name, options = TABLE1[row]
-    return create_model(name, **{**options, **kwargs})
+    entry = TABLE1[row]
+    return create_model(entry.model, options=entry.options, **kwargs)
 
 
-@register_model("dff")
-def _build_dff(
-    *,
-    backbone: str | nn.Module,
-    num_classes: int,
-    pretrained_backbone: Source = None,
-    checkpoint_backbone: bool = False,
-    norm_layer: Callable[[int], nn.Module] | None = None,
-    **kwargs: Any,
-) -> DFF:
-    bb = create_backbone(backbone, pretrained=pretrained_backbone, norm_layer=norm_layer)
-    return DFF(bb, num_classes, norm_layer=norm_layer, checkpoint_backbone=checkpoint_backbone, **kwargs)
+def _build(cls: type[DFF] | type[CASENet]) -> Callable[..., EdgeModel]:
+    def build(
+        *,
+        backbone: str | nn.Module,
+        num_classes: int,
+        pretrained_backbone: Source = None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        **kwargs: Any,
+    ) -> EdgeModel:
+        model_kw = {k: kwargs.pop(k) for k in MODEL_OPTIONS if k in kwargs}
+        # Checked before building the backbone, which may be large.
+        options = cls.resolve_options(**kwargs)
+        bb = create_backbone(backbone, pretrained=pretrained_backbone, norm_layer=norm_layer)
+        return cls(bb, num_classes, options=options, norm_layer=norm_layer, **model_kw)
+
+    return build
 
 
-@register_model("casenet")
-def _build_casenet(
-    *,
-    backbone: str | nn.Module,
-    num_classes: int,
-    pretrained_backbone: Source = None,
-    checkpoint_backbone: bool = False,
-    norm_layer: Callable[[int], nn.Module] | None = None,
-    **kwargs: Any,
-) -> CASENet:
-    not_for_casenet = sorted(
-        k for k in ("learner", "normalize", "activation", "learner_resolution", "checkpoint_learner")
-        if k in kwargs
-    )
-    if not_for_casenet:
-        raise ValueError(
-            f"CASENet has a fixed fusion without normalizer; options {not_for_casenet} apply to DFF "
-            "only (for CASENet's fusion with the normalizer use create_model('dff', learner='fixed'))"
-        )
-    bb = create_backbone(backbone, pretrained=pretrained_backbone, norm_layer=norm_layer)
-    return CASENet(bb, num_classes, norm_layer=norm_layer, checkpoint_backbone=checkpoint_backbone,
-                   **kwargs)
+register_model("dff")(_build(DFF))
+register_model("casenet")(_build(CASENet))
