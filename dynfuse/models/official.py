@@ -19,14 +19,16 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from ..backbones.loading import CheckpointMismatchError, load_state_dict_checked, read_state_dict
+from ..backbones.loading import read_state_dict
 from ..backbones.resnet import dilated_resnet50, dilated_resnet101
+from ..checkpoints import CheckpointMismatchError, load_state_checked, strip_module_prefix
 from .edge import DFF, CASENet
 
 __all__ = [
     "convert_official_state_dict",
     "load_official_casenet",
     "load_official_dff",
+    "official_layout",
     "to_official_state_dict",
 ]
 
@@ -67,13 +69,6 @@ def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str | None:
     return None
 
 
-def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    keys = list(state)
-    if keys and all(k.startswith("module.") for k in keys):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return dict(state)
-
-
 def convert_official_state_dict(
     state: Mapping[str, torch.Tensor], model: str = "dff"
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
@@ -85,7 +80,7 @@ def convert_official_state_dict(
     """
     if model not in _RULES:
         raise ValueError(f"model must be one of {sorted(_RULES)}, got {model!r}")
-    state = _strip_module_prefix(state)
+    state = strip_module_prefix(state)
     converted: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     dropped: list[str] = []
@@ -185,7 +180,7 @@ def _load_official(
     map_location: str | torch.device,
     model_kwargs: dict,
 ) -> DFF | CASENet:
-    state = _strip_module_prefix(read_state_dict(source, map_location=map_location))
+    state = read_state_dict(source, map_location=map_location)  # unwrapped, prefix stripped
     depth = backbone or _infer_depth(state)
     builders = {"resnet50": dilated_resnet50, "resnet101": dilated_resnet101}
     if depth not in builders:
@@ -194,7 +189,7 @@ def _load_official(
     cls = DFF if kind == "dff" else CASENet
     model = cls(builders[depth](), k, **model_kwargs)
     converted, _unknown, _dropped = convert_official_state_dict(state, kind)
-    load_state_dict_checked(model, converted, what=f"authors' {kind.upper()} checkpoint (renamed)")
+    load_state_checked(model, converted, what=f"authors' {kind.upper()} checkpoint (renamed)")
     return model
 
 
@@ -241,3 +236,16 @@ def load_official_casenet(
     )
     assert isinstance(model, CASENet)
     return model
+
+
+def official_layout(state: Mapping[str, torch.Tensor]) -> str | None:
+    """``"dff"`` or ``"casenet"`` when ``state`` (prefix already stripped) has the authors' key
+    layout (``pretrained.*`` backbone, ``side5.0.weight``, and ``ada_learner.*`` or ``fuse.*``),
+    else None. Our own models' state dicts (``backbone.*``, ``head.*``) are never mistaken for it."""
+    if "side5.0.weight" not in state or not any(k.startswith("pretrained.") for k in state):
+        return None
+    if any(k.startswith("ada_learner.") for k in state):
+        return "dff"
+    if "fuse.weight" in state:
+        return "casenet"
+    return None
