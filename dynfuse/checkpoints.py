@@ -30,6 +30,7 @@ from torch import nn
 __all__ = [
     "MODEL_STATE_KEYS",
     "OPTIONAL_SUFFIXES",
+    "TRAINING_CHECKPOINT_FORMAT",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
@@ -39,6 +40,10 @@ __all__ = [
     "read_checkpoint",
     "strip_module_prefix",
 ]
+
+#: The ``"format"`` entry of a dynfuse training checkpoint (``dynfuse.training.checkpoint`` writes
+#: it; inference recognises it here without importing the trainer; a test keeps the two equal).
+TRAINING_CHECKPOINT_FORMAT = "dynfuse-train-checkpoint"
 
 #: Keys under which a wrapped checkpoint keeps its model weights, tried in this order.
 MODEL_STATE_KEYS: tuple[str, ...] = ("state_dict", "model", "model_state_dict")

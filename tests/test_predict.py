@@ -18,6 +18,7 @@ from dynfuse.predict import (
     predict_probabilities,
     save_probability_maps,
 )
+from dynfuse.eval.manifest import ManifestError, check_manifest, read_manifest
 from dynfuse.training import TrainConfig, Trainer
 from dynfuse.training.distributed import DistContext
 
@@ -66,7 +67,13 @@ def test_predict_writes_seal_layout_and_overlays(tmp_path, trained):
         with Image.open(out / "overlay" / f"{name}.png") as im:
             assert im.mode == "RGB" and im.size == (arr.shape[1], arr.shape[0])
     assert sorted(p.name for p in out.iterdir()) == ["class_001", "class_002", "class_003",
-                                                      "overlay"]
+                                                      "manifest.json", "overlay"]
+    manifest = check_manifest(out, num_classes=3)
+    assert manifest["images"] == ["img0", "img1"] and manifest["skipped"] == []
+    producer = manifest["producer"]
+    assert producer["tool"] == "dynfuse-predict" and producer["checkpoint"] == str(trained.resolve())
+    assert producer["settings"]["backbone"] == "tiny" and producer["settings"]["overlay"] is True
+    assert producer["versions"]["torch"] == torch.__version__
 
 
 def test_predict_bare_weights_need_a_description(tmp_path, capsys):
@@ -86,7 +93,7 @@ def test_predict_bare_weights_need_a_description(tmp_path, capsys):
     # wrong class count: a clear mismatch error, exit status 2
     assert main([str(weights), str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--model",
                  "dff", "--backbone", "tiny", "--num-classes", "5"]) == 2
-    assert "do not fit the model" in capsys.readouterr().err
+    assert "does not fit DFF (was it trained with another --model" in capsys.readouterr().err
 
 
 def test_predict_rejects_corrupt_checkpoint_and_disagreeing_flags(tmp_path, trained, capsys):
@@ -94,7 +101,8 @@ def test_predict_rejects_corrupt_checkpoint_and_disagreeing_flags(tmp_path, trai
     bad.write_bytes(b"\x00" * 100)
     _images(tmp_path / "in", [(16, 16)])
     assert main([str(bad), str(tmp_path / "in"), "-o", str(tmp_path / "o")]) == 2
-    assert "cannot read checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and str(bad) in err and "not a torch checkpoint" in err
     assert main([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "o"),
                  "--num-classes", "7"]) == 2
     assert "disagrees with the checkpoint" in capsys.readouterr().err

@@ -26,9 +26,9 @@ from .edge import DFF, CASENet
 
 __all__ = [
     "convert_official_state_dict",
+    "describe_official_state_dict",
     "load_official_casenet",
     "load_official_dff",
-    "official_layout",
     "to_official_state_dict",
 ]
 
@@ -238,14 +238,28 @@ def load_official_casenet(
     return model
 
 
-def official_layout(state: Mapping[str, torch.Tensor]) -> str | None:
-    """``"dff"`` or ``"casenet"`` when ``state`` (prefix already stripped) has the authors' key
-    layout (``pretrained.*`` backbone, ``side5.0.weight``, and ``ada_learner.*`` or ``fuse.*``),
-    else None. Our own models' state dicts (``backbone.*``, ``head.*``) are never mistaken for it."""
+def describe_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, object] | None:
+    """What an authors' checkpoint holds, or None when ``state`` does not have their key layout.
+
+    Args:
+        state: a state dict with any ``module.`` prefix already removed.
+
+    Returns:
+        ``{"model": "dff" | "casenet", "backbone": "resnet50" | "resnet101", "num_classes": K}``
+        when the keys are the authors' (``pretrained.*`` backbone, ``side5.0.weight``, and
+        ``ada_learner.*`` for DFF or ``fuse.weight`` for CASENet), else None. Our own models'
+        state dicts (``backbone.*``, ``head.*``) are never taken for theirs.
+
+    Raises:
+        CheckpointMismatchError: the layout is the authors' but the backbone depth is neither
+            ResNet-50 nor ResNet-101.
+    """
     if "side5.0.weight" not in state or not any(k.startswith("pretrained.") for k in state):
         return None
     if any(k.startswith("ada_learner.") for k in state):
-        return "dff"
-    if "fuse.weight" in state:
-        return "casenet"
-    return None
+        kind = "dff"
+    elif "fuse.weight" in state:
+        kind = "casenet"
+    else:
+        return None
+    return {"model": kind, "backbone": _infer_depth(state), "num_classes": _infer_classes(state, None)}
