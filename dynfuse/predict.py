@@ -429,9 +429,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         probs = predict_probabilities(model, image, device=device, amp=args.amp,
                                       mean=spec["mean"], std=spec["std"])
-        save_probability_maps(probs, out_dir, path.stem)
-        if not args.no_overlay:
-            save_overlay(image, probs, out_dir, path.stem)
+        try:
+            save_probability_maps(probs, out_dir, path.stem)
+            if not args.no_overlay:
+                save_overlay(image, probs, out_dir, path.stem)
+        except OSError as exc:  # disk full, permissions: the files written so far are whole
+            return _error(f"cannot write the maps of {str(path)!r} to {str(out_dir)!r}: {exc}; "
+                          f"stopped ({out_dir / MANIFEST_NAME} marks this run incomplete)")
         written.append(path.stem)
     if not written:
         return _error(f"none of the {len(images)} image(s) could be read; nothing written "
