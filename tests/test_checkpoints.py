@@ -180,3 +180,90 @@ def test_old_names_are_the_new_functions():
 
     assert OldMismatch is CheckpointMismatchError and OldError is CheckpointError
     assert load_state_dict_checked is load_state_checked
+
+
+# ---------------------------------------------------------------- every entry point (issue 9, item 14)
+def _via_create_model(path, tmp_path, capsys):
+    from dynfuse.models import create_model
+
+    create_model("dff", backbone="tiny", num_classes=2, pretrained_backbone=path)
+
+
+def _via_create_model_resnet(path, tmp_path, capsys):
+    from dynfuse.models import create_model
+
+    create_model("casenet", backbone="resnet50", num_classes=2, pretrained_backbone=path)
+
+
+def _via_timm_backbone(path, tmp_path, capsys):
+    pytest.importorskip("timm")
+    from dynfuse.models import create_model
+
+    create_model("dff", backbone="timm:resnet18", num_classes=2, pretrained_backbone=path)
+
+
+def _via_load_official_dff(path, tmp_path, capsys):
+    from dynfuse.models import load_official_dff
+
+    load_official_dff(path)
+
+
+def _via_train_resume(path, tmp_path, capsys):
+    from dynfuse.training.cli import main
+
+    rc = main(["--dataset", "synthetic", "--backbone", "tiny", "--num-classes", "2",
+               "--train-length", "2", "--val-length", "1", "--crop-size", "16", "--batch-size", "2",
+               "--epochs", "1", "--workers", "0", "--device", "cpu", "--no-tensorboard",
+               "--no-progress", "--output-dir", str(tmp_path / "run"), "--resume", str(path)])
+    return rc, capsys.readouterr().err
+
+
+def _via_predict(path, tmp_path, capsys):
+    from PIL import Image
+
+    from dynfuse.predict import main
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    rc = main([str(path), str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--no-progress"])
+    return rc, capsys.readouterr().err
+
+
+ENTRY_POINTS = {
+    "create_model(pretrained_backbone=) tiny": _via_create_model,
+    "create_model(pretrained_backbone=) resnet50": _via_create_model_resnet,
+    "create_model(pretrained_backbone=) timm": _via_timm_backbone,
+    "load_official_dff": _via_load_official_dff,
+    "dynfuse-train --resume": _via_train_resume,
+    "dynfuse-predict": _via_predict,
+}
+CLI_PROGS = {"dynfuse-train --resume": "dynfuse-train", "dynfuse-predict": "dynfuse-predict"}
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "random", "folder", "truncated", "pickle-with-code"])
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_every_entry_point_says_what_the_file_is(tmp_path, capsys, entry, kind):
+    """One message from one place (read_checkpoint), whichever way a bad file comes in."""
+    path, words = make_bad_file(kind, tmp_path)
+    expected = str(CheckpointError(f"cannot read checkpoint {str(path)!r}"))
+    if entry in CLI_PROGS:
+        rc, err = ENTRY_POINTS[entry](path, tmp_path, capsys)
+        assert rc == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        msg = lines[0]
+        assert msg.startswith(f"{CLI_PROGS[entry]}: error: {expected}"), msg
+    else:
+        with pytest.raises(CheckpointError) as err:
+            ENTRY_POINTS[entry](path, tmp_path, capsys)
+        msg = str(err.value)
+        assert msg.startswith(expected), msg
+    assert words in msg
+    for internal in TORCH_INTERNALS:
+        assert internal not in msg, (internal, msg)
+
+
+def test_training_format_constant_matches():
+    from dynfuse.checkpoints import TRAINING_CHECKPOINT_FORMAT
+    from dynfuse.training.checkpoint import CHECKPOINT_FORMAT
+
+    assert TRAINING_CHECKPOINT_FORMAT == CHECKPOINT_FORMAT
