@@ -192,14 +192,27 @@ def _truncate(path, keep=0.5):
 
 
 @pytest.mark.slow  # starts a fresh Python process (imports torch)
-def test_predict_does_not_import_training():
+def test_predict_does_not_import_training(tmp_path, trained):
+    """A whole prediction (training checkpoint, bare weights) runs without dynfuse.training."""
+    import os
     import subprocess
     import sys
 
-    code = ("import sys, dynfuse.predict; "
-            "bad = sorted(m for m in sys.modules if m.startswith('dynfuse.training')); "
-            "print(bad); sys.exit(1 if bad else 0)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    torch.save(create_model("casenet", backbone="tiny", num_classes=2).state_dict(), tmp_path / "w.pt")
+    _images(tmp_path / "in", [(16, 16)])
+    code = (
+        "import sys; from dynfuse.predict import main\n"
+        f"assert main([{str(trained)!r}, {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'a')!r}, "
+        "'--no-progress', '--device', 'cpu']) == 0\n"
+        f"assert main([{str(tmp_path / 'w.pt')!r}, {str(tmp_path / 'in')!r}, '-o', "
+        f"{str(tmp_path / 'b')!r}, '--model', 'casenet', '--backbone', 'tiny', '--num-classes', '2', "
+        "'--no-progress', '--device', 'cpu']) == 0\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('dynfuse.training'))\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=env)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
