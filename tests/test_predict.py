@@ -386,3 +386,18 @@ def test_authors_checkpoint_goes_through_load_official(tmp_path, capsys):
     rc, _, err = _run([str(path), str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--model",
                        "casenet"], capsys)
     assert rc == 2 and "--model 'casenet' disagrees" in err and "authors' DFF checkpoint" in err
+
+
+def test_bad_device_is_one_line(tmp_path, trained, capsys):
+    from dynfuse.device import resolve_device
+
+    _images(tmp_path / "in", [(16, 16)])
+    rc = main([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--device", "tpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines() == [
+        "dynfuse-predict: error: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"]
+    assert not (tmp_path / "o").exists()  # nothing created before the arguments are checked
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    assert resolve_device("cpu") == torch.device("cpu")
