@@ -267,3 +267,22 @@ def test_training_format_constant_matches():
     from dynfuse.training.checkpoint import CHECKPOINT_FORMAT
 
     assert TRAINING_CHECKPOINT_FORMAT == CHECKPOINT_FORMAT
+
+
+@pytest.mark.parametrize("model", ["dff", "casenet"])
+@pytest.mark.parametrize("depth", ["resnet50", "resnet101"])
+def test_describe_official_state_dict(model, depth):
+    """How dynfuse-predict recognises the authors' files: their key names, not ours."""
+    from test_models_official import R50, R101, authors_keys
+
+    from dynfuse.models import create_model, describe_official_state_dict
+
+    keys = authors_keys(model, 7, R50 if depth == "resnet50" else R101)
+    # only the names and side5's class count matter: stand-in tensors keep this fast
+    state = {k: torch.zeros(shape) if k == "side5.0.weight" else torch.empty(0)
+             for k, shape in keys.items()}
+    assert describe_official_state_dict(state) == {"model": model, "backbone": depth, "num_classes": 7}
+    ours = create_model(model, backbone="tiny", num_classes=3).state_dict()
+    assert describe_official_state_dict(ours) is None
+    assert describe_official_state_dict({k: v for k, v in state.items()
+                                         if not k.startswith(("ada_learner.", "fuse."))}) is None
