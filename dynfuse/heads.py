@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones.feature_info import parse_feature_info
 from .layers import (
     DynamicFusion,
     FixedWeights,
@@ -158,30 +159,6 @@ class DFFOutput(NamedTuple):
     side5: torch.Tensor
     fuse: torch.Tensor
     weights: torch.Tensor
-
-
-def parse_feature_info(feature_info: Any) -> list[tuple[int, int]]:
-    """Channels and strides of each level, from timm's ``FeatureInfo``, a list of its dicts
-    (``num_chs``, ``reduction``) or a plain list of ``(channels, stride)`` pairs."""
-    if hasattr(feature_info, "channels") and hasattr(feature_info, "reduction"):
-        chs, reds = feature_info.channels(), feature_info.reduction()
-        return [(int(c), int(r)) for c, r in zip(chs, reds, strict=True)]
-    if not isinstance(feature_info, Iterable):
-        raise TypeError(
-            "feature_info must be timm's FeatureInfo, a list of dicts with 'num_chs' and "
-            f"'reduction', or a list of (channels, stride) pairs; got {type(feature_info).__name__}"
-        )
-    levels = []
-    for i, item in enumerate(feature_info):
-        if isinstance(item, dict):
-            if "num_chs" not in item or "reduction" not in item:
-                raise ValueError(f"feature_info[{i}] needs 'num_chs' and 'reduction', got {item!r}")
-            levels.append((int(item["num_chs"]), int(item["reduction"])))
-        elif isinstance(item, Sequence) and len(item) == 2:
-            levels.append((int(item[0]), int(item[1])))
-        else:
-            raise ValueError(f"feature_info[{i}] must be a dict or a (channels, stride) pair, got {item!r}")
-    return levels
 
 
 def _is_int(v: object) -> bool:

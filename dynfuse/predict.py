@@ -5,18 +5,34 @@ For every input image ``<name>.<ext>`` it writes
 * ``<out>/class_XXX/<name>.png``: one 16-bit greyscale PNG per class (``XXX`` = 1-based class
   index, 3 digits) holding the class's edge probability ``round(65535 * sigmoid(fuse))``; this is
   the layout SEAL-style evaluation (``dynfuse-eval``) reads;
-* ``<out>/overlay/<name>.png``: the image with its class-coloured edges blended in (RGB, 8-bit).
+* ``<out>/overlay/<name>.png``: the image with its class-coloured edges blended in (RGB, 8-bit);
+* ``<out>/manifest.json`` (:mod:`dynfuse.eval.manifest`): marked incomplete before the first map is
+  (over)written and complete, with the images written and skipped, the checkpoint, the settings
+  and the versions, only after the last one. ``dynfuse-eval`` refuses a folder whose run did not
+  finish, so a killed or failed run is never scored as a mix of old and new maps.
+
+Every file is written atomically (:func:`dynfuse.atomic.atomic_write`): a reader never sees half a
+PNG. An unreadable image stops the run with a one-line error (exit status 2, manifest left
+incomplete) unless ``--skip-unreadable`` is given; then it is skipped, listed on the console and in
+the manifest's ``skipped``, and any map an earlier run wrote for it is removed.
 
 The checkpoint is a dynfuse training checkpoint (``checkpoint.pt`` / ``final.pt``, which records
-the model, backbone and classes) or bare weights (``state_dict`` or the authors'
-``{"state_dict": ...}``), for which ``--model``, ``--backbone`` and ``--num-classes`` say what to
-build.
+the model, backbone and classes), the DFF authors' checkpoint (``{"epoch", "state_dict",
+"optimizer"}`` with their key names, recognised and loaded through
+:func:`dynfuse.models.load_official_dff` / ``load_official_casenet``; model, depth and classes are
+read from the weights), or bare weights of our models, for which ``--model``, ``--backbone`` and
+``--num-classes`` say what to build.
+
+This module does not import :mod:`dynfuse.training`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import platform
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +41,21 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .atomic import atomic_write, fsync_dir
+from .checkpoints import (
+    TRAINING_CHECKPOINT_FORMAT,
+    CheckpointError,
+    extract_model_state,
+    load_state_checked,
+    read_checkpoint,
+)
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .device import resolve_device
+from .eval.manifest import MANIFEST_NAME, begin_manifest, finish_manifest
+
+# The colouring lives in dynfuse.viz; these names stay importable from here.
+from .viz import class_palette, colour_edges, overlay_edges
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -35,12 +66,15 @@ __all__ = [
     "main",
     "overlay_edges",
     "predict_probabilities",
+    "read_image",
+    "save_overlay",
     "save_probability_maps",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
+_MEAN = IMAGENET_MEAN
+_STD = IMAGENET_STD
+_PROG = "dynfuse-predict"
 
 
 # ---------------------------------------------------------------- model
@@ -55,41 +89,31 @@ def load_model_for_inference(
     """Build the model a checkpoint was trained as and load its weights (eval mode, on CPU).
 
     Args:
-        checkpoint: path of a dynfuse training checkpoint or of bare weights.
-        model, backbone, num_classes, model_kwargs: required for bare weights; for a training
-            checkpoint they must be None or agree with what it records.
+        checkpoint: path of a dynfuse training checkpoint, of the DFF authors' checkpoint or of
+            bare weights of our models.
+        model, backbone, num_classes, model_kwargs: required for bare weights of our models; for
+            a training or an authors' checkpoint they must be None or agree with what it holds
+            (``model_kwargs`` add to / override the recorded ones).
 
     Returns:
         ``(model, spec)`` where ``spec`` holds ``model``, ``backbone``, ``num_classes``,
-        ``model_kwargs`` and ``mean``/``std`` (the input normalisation).
+        ``model_kwargs``, ``layout`` (``"dynfuse-training"``, ``"authors"`` or ``"bare"``) and
+        ``mean``/``std`` (the input normalisation).
 
     Raises:
-        CheckpointError: unreadable file, missing specification or weights that do not fit.
+        CheckpointError: the file is not a checkpoint (the message names the file and what it
+            is), the description is missing or disagrees, or the weights do not fit
+            (:class:`~dynfuse.checkpoints.CheckpointMismatchError`, listing every key).
     """
-    from dynfuse.models import create_model
-    from dynfuse.training.checkpoint import (
-        CHECKPOINT_FORMAT,
-        CheckpointError,
-        extract_model_state,
-        load_model_state,
-    )
+    from .models import create_model
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} (corrupt, truncated or not a torch file): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict")
+    where = f"checkpoint {str(path)!r}"
+    obj = read_checkpoint(path)
     given = {"model": model, "backbone": backbone, "num_classes": num_classes}
-    if obj.get("format") == CHECKPOINT_FORMAT:
-        cfg = obj.get("config", {})
-        spec = {k: cfg.get(k) for k in given}
+    if obj.get("format") == TRAINING_CHECKPOINT_FORMAT:
+        cfg = obj.get("config") or {}
+        spec: dict[str, Any] = {k: cfg.get(k) for k in given}
         for key, value in given.items():
             if value is not None and value != spec[key]:
                 raise CheckpointError(
@@ -99,20 +123,55 @@ def load_model_for_inference(
         spec["model_kwargs"] = dict(cfg.get("model_kwargs") or {})
         if model_kwargs:
             spec["model_kwargs"].update(model_kwargs)
+        spec["layout"] = "dynfuse-training"
+        state = extract_model_state(obj, where=where)
     else:
+        state = extract_model_state(obj, where=where)
+        official = _load_official(state, where, given, model_kwargs)
+        if official is not None:
+            return official
         missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is None]
         if missing:
             raise CheckpointError(
-                f"{str(path)!r} holds bare weights without a model description: pass "
-                + ", ".join(missing)
+                f"{where} holds bare weights without a model description: pass " + ", ".join(missing)
             )
         spec = dict(given)
         spec["model_kwargs"] = dict(model_kwargs or {})
+        spec["layout"] = "bare"
     net = create_model(spec["model"], backbone=spec["backbone"], num_classes=spec["num_classes"],
                        pretrained_backbone=None, **spec["model_kwargs"])
-    load_model_state(net, extract_model_state(obj))
+    load_state_checked(
+        net, state, what=where,
+        hint=" (was it trained with another --model, --backbone or number of classes?)",
+    )
     net.eval()
     spec["mean"], spec["std"] = _MEAN, _STD
+    return net, spec
+
+
+def _load_official(
+    state: dict[str, torch.Tensor],
+    where: str,
+    given: dict[str, Any],
+    model_kwargs: dict[str, Any] | None,
+) -> tuple[nn.Module, dict[str, Any]] | None:
+    """Load the DFF authors' weights through :mod:`dynfuse.models.official` (their key names differ
+    from ours); None when ``state`` does not have their layout."""
+    from .models.official import describe_official_state_dict, load_official_casenet, load_official_dff
+
+    found = describe_official_state_dict(state)
+    if found is None:
+        return None
+    for key, value in given.items():
+        if value is not None and value != found[key]:
+            raise CheckpointError(
+                f"--{key.replace('_', '-')} {value!r} disagrees with {where}, an authors' "
+                f"{str(found['model']).upper()} checkpoint with {key}={found[key]!r}"
+            )
+    loader = load_official_dff if found["model"] == "dff" else load_official_casenet
+    net = loader(state, found["num_classes"], backbone=found["backbone"], **(model_kwargs or {}))
+    net.eval()
+    spec = dict(found, model_kwargs=dict(model_kwargs or {}), mean=_MEAN, std=_STD, layout="authors")
     return net, spec
 
 
@@ -143,7 +202,7 @@ def read_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except Exception as exc:
-        raise ValueError(f"cannot read image {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"cannot read image {str(path)!r}: {exc}") from exc
 
 
 @torch.no_grad()
@@ -184,103 +243,170 @@ def predict_probabilities(
 
 
 # ---------------------------------------------------------------- saving
+def _save_png(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` as a PNG at ``path`` atomically (never a partial file, even when killed).
+
+    Not fsynced one by one: :func:`main` syncs once before it marks the run complete."""
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), durable=False)
+
+
 def save_probability_maps(probs: np.ndarray, out_dir: str | Path, name: str) -> list[Path]:
     """Write ``out_dir/class_XXX/<name>.png`` (16-bit, 1-based XXX) for each class of ``probs``.
 
+    Each file is written atomically: an earlier file of that name stays whole until the new one
+    replaces it.
+
     Args:
         probs: float (K, H, W) in [0, 1] (values outside are clipped).
-    """
-    from PIL import Image
 
+    Returns:
+        The K paths written.
+    """
     if probs.ndim != 3:
         raise ValueError(f"probs: expected (K, H, W), got shape {probs.shape}")
     q = np.rint(np.clip(probs, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    paths = []
-    for k in range(q.shape[0]):
-        folder = Path(out_dir) / f"class_{k + 1:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}.png"
-        Image.fromarray(q[k]).save(path)  # uint16 2-D array -> 16-bit greyscale PNG
-        paths.append(path)
-    return paths
+    # uint16 2-D arrays become 16-bit greyscale PNGs
+    return [_save_png(Path(out_dir) / f"class_{k + 1:03d}" / f"{name}.png", q[k])
+            for k in range(q.shape[0])]
 
 
-def class_palette(num_classes: int) -> np.ndarray:
-    """float32 (K, 3) RGB colours in [0, 1]: ``dynfuse.viz.palette_for`` (Cityscapes' colours for
-    19 classes, PASCAL VOC's for 20, evenly spaced hues otherwise)."""
-    from dynfuse.viz import palette_for
-
-    return palette_for(num_classes).astype(np.float32) / 255.0
+def save_overlay(image: np.ndarray, probs: np.ndarray, out_dir: str | Path, name: str) -> Path:
+    """Write ``out_dir/overlay/<name>.png``: :func:`dynfuse.viz.overlay_edges` (RGB, 8-bit)."""
+    return _save_png(Path(out_dir) / "overlay" / f"{name}.png", overlay_edges(image, probs))
 
 
-def colour_edges(probs: np.ndarray, palette: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Blend per-class probabilities into one colour edge map.
-
-    Returns:
-        ``(colour, strength)``: float32 (H, W, 3) probability-weighted mean class colour and
-        float32 (H, W) edge strength ``max_k p_k``.
-    """
-    k = probs.shape[0]
-    palette = class_palette(k) if palette is None else np.asarray(palette, dtype=np.float32)
-    if palette.shape != (k, 3):
-        raise ValueError(f"palette: expected ({k}, 3), got {palette.shape}")
-    p = np.clip(probs.astype(np.float32), 0.0, 1.0)
-    total = p.sum(axis=0)
-    colour = np.einsum("khw,kc->hwc", p, palette) / np.maximum(total, 1e-6)[..., None]
-    return colour, p.max(axis=0)
+def _map_folders(out_dir: Path) -> list[Path]:
+    """The folders of ``out_dir`` that hold per-image PNGs (class_XXX and overlay)."""
+    if not out_dir.is_dir():
+        return []
+    return sorted(p for p in out_dir.iterdir()
+                  if p.is_dir() and (re.fullmatch(r"class_\d{3}", p.name) or p.name == "overlay"))
 
 
-def overlay_edges(image: np.ndarray, probs: np.ndarray, *, alpha: float = 0.85,
-                  dim: float = 0.5) -> np.ndarray:
-    """uint8 (H, W, 3): the image, dimmed by ``dim``, with class-coloured edges on top."""
-    colour, strength = colour_edges(probs)
-    base = image.astype(np.float32) / 255.0 * dim
-    a = (alpha * strength)[..., None]
-    return np.rint(255.0 * ((1 - a) * base + a * colour)).clip(0, 255).astype(np.uint8)
+def _remove_maps(out_dir: Path, name: str) -> int:
+    """Remove every map of image ``name`` (an earlier run's, now stale); returns how many."""
+    removed = 0
+    for folder in _map_folders(out_dir):
+        target = folder / f"{name}.png"
+        if target.is_file():
+            target.unlink()
+            removed += 1
+    return removed
+
+
+def _remove_temporaries(out_dir: Path) -> None:
+    """Remove the temporary files a killed run left (``.<name>.png.<random>.tmp.png``)."""
+    for folder in _map_folders(out_dir):
+        for tmp in folder.glob(".*.tmp.png"):
+            tmp.unlink(missing_ok=True)
+
+
+def _stale_maps(out_dir: Path, names: set[str], num_classes: int) -> int:
+    """How many maps in ``out_dir`` an earlier run wrote that are not part of this run."""
+    count = 0
+    for folder in _map_folders(out_dir):
+        extra_class = folder.name != "overlay" and int(folder.name[6:]) > num_classes
+        count += sum(1 for p in folder.glob("*.png")
+                     if not p.name.startswith(".") and (extra_class or p.stem not in names))
+    return count
+
+
+def _sync(out_dir: Path) -> None:
+    """Flush every map to disk before the manifest says complete (one sync per run, not per file)."""
+    if hasattr(os, "sync"):
+        os.sync()
+    else:  # pragma: no cover - Windows: the folders at least
+        for folder in _map_folders(out_dir):
+            fsync_dir(folder)
+
+
+def _versions() -> dict[str, str]:
+    import PIL
+
+    from . import __version__
+
+    return {"dynfuse": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "pillow": PIL.__version__, "python": platform.python_version()}
 
 
 # ---------------------------------------------------------------- command line
-def build_parser(prog: str = "dynfuse-predict") -> argparse.ArgumentParser:
+def build_parser(prog: str = _PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Save per-class 16-bit edge probability PNGs (class_XXX/<name>.png) and "
-                    "class-coloured overlays for images.",
+        description="Save per-class 16-bit edge probability PNGs (class_XXX/<name>.png), "
+                    "class-coloured overlays and a manifest.json of the run for images.",
     )
-    p.add_argument("checkpoint", help="dynfuse checkpoint (final.pt / checkpoint.pt) or weights")
+    p.add_argument("checkpoint",
+                   help="dynfuse checkpoint (final.pt / checkpoint.pt), the DFF authors' checkpoint, "
+                        "or bare weights")
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    p.add_argument("--output-dir", "-o", required=True)
+    p.add_argument("--output-dir", "-o", required=True, help="folder for the maps (created)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     p.add_argument("--model", choices=("dff", "casenet"), default=None,
                    help="for bare weights: the architecture")
     p.add_argument("--backbone", default=None, help="for bare weights: resnet50, resnet101, tiny")
     p.add_argument("--num-classes", type=int, default=None, help="for bare weights")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="skip images that cannot be decoded (listed on the console and in "
+                        "manifest.json) instead of stopping at the first one")
     p.add_argument("--no-overlay", action="store_true", help="only write the probability maps")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
+def _check_output_dir(out_dir: Path) -> None:
+    """Refuse an ``--output-dir`` that is an existing file (or lies under one)."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "" if folder == out_dir else f" (its parent {str(folder)!r} is a file)"
+                raise ValueError(f"--output-dir {str(out_dir)!r} is not a folder{what}")
+            return
+
+
+def _error(message: str) -> int:
+    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dynfuse-predict``; returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
-    from dynfuse.training.checkpoint import CheckpointError
-    from dynfuse.training.distributed import resolve_device
-
+    out_dir = Path(args.output_dir)
     try:
+        _check_output_dir(out_dir)
         device = resolve_device(args.device)
         images = list_images(args.inputs)
+        if not images:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.inputs}")
         model, spec = load_model_for_inference(
             args.checkpoint, model=args.model, backbone=args.backbone,
             num_classes=args.num_classes)
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"dynfuse-predict: error: {exc}", file=sys.stderr)
-        return 2
-    if not images:
-        print(f"dynfuse-predict: error: no images ({', '.join(IMAGE_EXTENSIONS)}) in "
-              f"{args.inputs}", file=sys.stderr)
-        return 2
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (CheckpointError, ValueError, OSError) as exc:
+        return _error(str(exc))
     model = model.to(device)
-    out_dir = Path(args.output_dir)
+    num_classes = int(spec["num_classes"])
+    producer = {
+        "tool": _PROG,
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "settings": {
+            "model": spec["model"], "backbone": spec["backbone"], "num_classes": num_classes,
+            "model_kwargs": spec["model_kwargs"], "checkpoint_layout": spec["layout"],
+            "mean": list(spec["mean"]), "std": list(spec["std"]), "amp": args.amp,
+            "device": str(device), "overlay": not args.no_overlay,
+            "skip_unreadable": args.skip_unreadable,
+            "inputs": [str(Path(i).resolve()) for i in args.inputs],
+        },
+        "versions": _versions(),
+    }
+    _remove_temporaries(out_dir)
+    # From here until finish_manifest, the folder says "a run is writing (or died) here".
+    begin_manifest(out_dir, producer)
     iterator: Any = images
     if not args.no_progress:
         try:
@@ -289,21 +415,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             iterator = tqdm(images, desc="predict", dynamic_ncols=True)
         except ImportError:
             pass
-    from PIL import Image
-
+    written: list[str] = []
+    skipped: list[dict[str, str]] = []
     for path in iterator:
         try:
             image = read_image(path)
         except ValueError as exc:
-            print(f"dynfuse-predict: error: {exc}", file=sys.stderr)
-            return 2
+            if not args.skip_unreadable:
+                return _error(f"{exc}; stopped ({out_dir / MANIFEST_NAME} marks this run "
+                              "incomplete; --skip-unreadable skips such images)")
+            skipped.append({"name": path.stem, "reason": str(exc)})
+            _remove_maps(out_dir, path.stem)  # an earlier run's maps of it would pass for ours
+            continue
         probs = predict_probabilities(model, image, device=device, amp=args.amp,
                                       mean=spec["mean"], std=spec["std"])
-        save_probability_maps(probs, out_dir, path.stem)
-        if not args.no_overlay:
-            (out_dir / "overlay").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(overlay_edges(image, probs)).save(out_dir / "overlay" / f"{path.stem}.png")
-    print(f"wrote {spec['num_classes']} class maps for {len(images)} image(s) to {out_dir}")
+        try:
+            save_probability_maps(probs, out_dir, path.stem)
+            if not args.no_overlay:
+                save_overlay(image, probs, out_dir, path.stem)
+        except OSError as exc:  # disk full, permissions: the files written so far are whole
+            return _error(f"cannot write the maps of {str(path)!r} to {str(out_dir)!r}: {exc}; "
+                          f"stopped ({out_dir / MANIFEST_NAME} marks this run incomplete)")
+        written.append(path.stem)
+    if not written:
+        return _error(f"none of the {len(images)} image(s) could be read; nothing written "
+                      f"({out_dir / MANIFEST_NAME} marks this run incomplete)")
+    _sync(out_dir)
+    finish_manifest(out_dir, images=written, num_classes=num_classes, producer=producer,
+                    skipped=skipped)
+    print(f"wrote {num_classes} class maps for {len(written)} image(s) to {out_dir}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s) (listed in {out_dir / MANIFEST_NAME}):")
+        for item in skipped:
+            print(f"  {item['reason']}")
+    stale = _stale_maps(out_dir, set(written), num_classes)
+    if stale:
+        print(f"note: {out_dir} also holds {stale} map(s) from an earlier run that this run did not "
+              f"write; {MANIFEST_NAME} lists this run's images")
     return 0
 
 

@@ -19,7 +19,10 @@ __all__ = [
     "CITYSCAPES_CLASSES",
     "SBD_CLASSES",
     "palette_for",
+    "class_palette",
     "colorize_edges",
+    "colour_edges",
+    "overlay_edges",
     "save_edge_map",
     "fusion_weight_panels",
     "save_fusion_weights",
@@ -99,11 +102,69 @@ def colorize_edges(
         w = (w >= threshold).astype(np.float32)
     if w.size and (w.min() < 0 or w.max() > 1 + 1e-6):
         raise ValueError("edges must lie in [0, 1] (probabilities or booleans)")
-    total = w.sum(axis=0)
-    colour = np.einsum("khw,kc->hwc", w, pal.astype(np.float32)) / np.maximum(total, 1e-6)[..., None]
-    alpha = np.clip(w.max(axis=0), 0, 1)[..., None]
+    colour, strength = _blend_colours(w, pal.astype(np.float32))
+    alpha = np.clip(strength, 0, 1)[..., None]
     bg = np.asarray(background, dtype=np.float32)[None, None, :]
     return np.clip(alpha * colour + (1 - alpha) * bg + 0.5, 0, 255).astype(np.uint8)
+
+
+def _blend_colours(w: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The colouring rule shared by every edge picture: per pixel, the strength-weighted mean of
+    the class colours (CASENet-style), and the strongest class's strength.
+
+    Args:
+        w: float32 (K, H, W) class strengths in [0, 1].
+        palette: float32 (K, 3) colours (in whatever units the caller wants back).
+
+    Returns:
+        ``(colour, strength)``: float32 (H, W, 3) and float32 (H, W) ``max_k w_k``.
+    """
+    total = w.sum(axis=0)
+    colour = np.einsum("khw,kc->hwc", w, palette) / np.maximum(total, 1e-6)[..., None]
+    return colour, w.max(axis=0)
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """float32 (K, 3) RGB colours in [0, 1]: :func:`palette_for` scaled (Cityscapes' colours for
+    19 classes, PASCAL VOC's for 20, evenly spaced hues otherwise)."""
+    return palette_for(num_classes).astype(np.float32) / 255.0
+
+
+def colour_edges(probs: np.ndarray, palette: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Blend per-class probabilities into one colour edge map.
+
+    Args:
+        probs: float (K, H, W) probabilities (clipped to [0, 1]).
+        palette: float (K, 3) colours in [0, 1]; default :func:`class_palette`.
+
+    Returns:
+        ``(colour, strength)``: float32 (H, W, 3) probability-weighted mean class colour in [0, 1]
+        and float32 (H, W) edge strength ``max_k p_k``.
+    """
+    k = probs.shape[0]
+    palette = class_palette(k) if palette is None else np.asarray(palette, dtype=np.float32)
+    if palette.shape != (k, 3):
+        raise ValueError(f"palette: expected ({k}, 3), got {palette.shape}")
+    return _blend_colours(np.clip(probs.astype(np.float32), 0.0, 1.0), palette)
+
+
+def overlay_edges(image: np.ndarray, probs: np.ndarray, *, alpha: float = 0.85,
+                  dim: float = 0.5) -> np.ndarray:
+    """The image, dimmed by ``dim``, with class-coloured edges on top (what ``dynfuse-predict``
+    writes to ``overlay/``).
+
+    Args:
+        image: uint8 (H, W, 3) RGB.
+        probs: float (K, H, W) edge probabilities of that image.
+        alpha: opacity of a probability-1 edge.
+
+    Returns:
+        uint8 (H, W, 3).
+    """
+    colour, strength = colour_edges(probs)
+    base = image.astype(np.float32) / 255.0 * dim
+    a = (alpha * strength)[..., None]
+    return np.rint(255.0 * ((1 - a) * base + a * colour)).clip(0, 255).astype(np.uint8)
 
 
 def save_edge_map(path: str | os.PathLike, edges: np.ndarray, **kwargs) -> np.ndarray:

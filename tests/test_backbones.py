@@ -126,7 +126,7 @@ def test_read_state_dict_errors(tmp_path):
         read_state_dict(tmp_path / "nope.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="could not read checkpoint"):
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
         read_state_dict(bad)
     with pytest.raises(ValueError, match="not a state dict"):
         read_state_dict({"a": 3})

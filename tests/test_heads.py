@@ -391,3 +391,21 @@ def test_current_state_is_version2_and_passes_upgrade_unchanged():
     other = CASENetHead(TinyBackbone.channels, 2, strides=TinyBackbone.strides)
     other.load_state_dict(state)
     assert torch.equal(other.fusion.bias, head.fusion.bias)
+
+
+def test_checked_loader_migrates_version1_keys_itself():
+    """dynfuse-predict and --resume go through load_state_checked: a version-1 fixed-head model
+    state (no metadata, learner.bias) must load there without a manual upgrade call."""
+    record = torch.load(V1, weights_only=True)
+    state = {f"head.{k}": v for k, v in record["state"]["casenet"].items()}
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = CASENetHead((4, 4, 4, 8), 2, strides=(1, 2, 4, 8), backend="reference")
+
+    holder = Holder().eval()
+    load_state_dict_checked(holder, state)
+    with torch.no_grad():
+        fuse = holder.head(record["features"], (16, 16)).fuse
+    torch.testing.assert_close(fuse, record["fuse"]["casenet"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dynfuse.eval.manifest import ManifestError, check_manifest, read_manifest
 from dynfuse.models import create_model
 from dynfuse.predict import (
     class_palette,
@@ -66,7 +67,13 @@ def test_predict_writes_seal_layout_and_overlays(tmp_path, trained):
         with Image.open(out / "overlay" / f"{name}.png") as im:
             assert im.mode == "RGB" and im.size == (arr.shape[1], arr.shape[0])
     assert sorted(p.name for p in out.iterdir()) == ["class_001", "class_002", "class_003",
-                                                      "overlay"]
+                                                      "manifest.json", "overlay"]
+    manifest = check_manifest(out, num_classes=3)
+    assert manifest["images"] == ["img0", "img1"] and manifest["skipped"] == []
+    producer = manifest["producer"]
+    assert producer["tool"] == "dynfuse-predict" and producer["checkpoint"] == str(trained.resolve())
+    assert producer["settings"]["backbone"] == "tiny" and producer["settings"]["overlay"] is True
+    assert producer["versions"]["torch"] == torch.__version__
 
 
 def test_predict_bare_weights_need_a_description(tmp_path, capsys):
@@ -86,7 +93,7 @@ def test_predict_bare_weights_need_a_description(tmp_path, capsys):
     # wrong class count: a clear mismatch error, exit status 2
     assert main([str(weights), str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--model",
                  "dff", "--backbone", "tiny", "--num-classes", "5"]) == 2
-    assert "do not fit the model" in capsys.readouterr().err
+    assert "does not fit DFF (was it trained with another --model" in capsys.readouterr().err
 
 
 def test_predict_rejects_corrupt_checkpoint_and_disagreeing_flags(tmp_path, trained, capsys):
@@ -94,7 +101,8 @@ def test_predict_rejects_corrupt_checkpoint_and_disagreeing_flags(tmp_path, trai
     bad.write_bytes(b"\x00" * 100)
     _images(tmp_path / "in", [(16, 16)])
     assert main([str(bad), str(tmp_path / "in"), "-o", str(tmp_path / "o")]) == 2
-    assert "cannot read checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and str(bad) in err and "not a torch checkpoint" in err
     assert main([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "o"),
                  "--num-classes", "7"]) == 2
     assert "disagrees with the checkpoint" in capsys.readouterr().err
@@ -163,3 +171,233 @@ def test_predictions_feed_the_folder_evaluator(tmp_path, trained):
     in_memory = evaluate_edges(quantised, gts, settings=settings)
     assert from_files.mf_ods == pytest.approx(in_memory.mf_ods, abs=1e-12)
     assert 0.0 <= from_files.mf_ods <= 1.0
+
+
+# ---------------------------------------------------------------- trust the folder (issue 9)
+def _run(argv, capsys):
+    rc = main([*argv, "--device", "cpu", "--no-progress"])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _pngs(folder):
+    """Every visible PNG under ``folder`` -> its bytes (hidden temporaries excluded)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*.png")) if not p.name.startswith(".")}
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.slow  # starts a fresh Python process (imports torch)
+def test_predict_does_not_import_training(tmp_path, trained):
+    """A whole prediction (training checkpoint, bare weights) runs without dynfuse.training."""
+    import os
+    import subprocess
+    import sys
+
+    torch.save(create_model("casenet", backbone="tiny", num_classes=2).state_dict(), tmp_path / "w.pt")
+    _images(tmp_path / "in", [(16, 16)])
+    code = (
+        "import sys; from dynfuse.predict import main\n"
+        f"assert main([{str(trained)!r}, {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'a')!r}, "
+        "'--no-progress', '--device', 'cpu']) == 0\n"
+        f"assert main([{str(tmp_path / 'w.pt')!r}, {str(tmp_path / 'in')!r}, '-o', "
+        f"{str(tmp_path / 'b')!r}, '--model', 'casenet', '--backbone', 'tiny', '--num-classes', '2', "
+        "'--no-progress', '--device', 'cpu']) == 0\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('dynfuse.training'))\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_unreadable_image_leaves_the_folder_marked_incomplete(tmp_path, trained, capsys):
+    """Item 2: a run that stops at an unreadable image after overwriting part of an older run's
+    maps must not leave a folder that passes for complete."""
+    _images(tmp_path / "in", [(20, 24), (20, 24), (20, 24)])
+    out = tmp_path / "out"
+    rc, _, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(out)], capsys)
+    assert rc == 0 and check_manifest(out, 3)["images"] == ["img0", "img1", "img2"]
+    old = _pngs(out)
+    _truncate(tmp_path / "in" / "img1.bmp")  # the second image is now unreadable
+    rc, _, err = _run([str(trained), str(tmp_path / "in"), "-o", str(out)], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dynfuse-predict: error: cannot read image")
+    assert "img1.bmp" in lines[0] and "--skip-unreadable" in lines[0]
+    assert read_manifest(out)["complete"] is False
+    with pytest.raises(ManifestError, match="did not complete"):
+        check_manifest(out, 3)
+    assert set(_pngs(out)) == set(old)  # every file still whole (old or new), none partial
+
+    # --skip-unreadable: the run completes, lists the skipped image, and drops its stale maps
+    rc, stdout, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(out), "--skip-unreadable"],
+                         capsys)
+    assert rc == 0
+    manifest = check_manifest(out, 3)
+    assert manifest["images"] == ["img0", "img2"]
+    assert [s["name"] for s in manifest["skipped"]] == ["img1"]
+    assert "img1.bmp" in manifest["skipped"][0]["reason"]
+    assert "skipped 1 unreadable image(s)" in stdout and "img1.bmp" in stdout
+    assert not any("img1" in name for name in _pngs(out))
+
+
+def test_truncated_png_input(tmp_path, trained, capsys):
+    _images(tmp_path / "in", [(24, 24), (24, 24), (24, 24)])
+    _truncate(tmp_path / "in" / "img2.png", keep=0.6)  # header fine, pixel data cut short
+    rc, _, err = _run([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "a")], capsys)
+    assert rc == 2 and "img2.png" in err and "Traceback" not in err
+    rc, stdout, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "b"),
+                          "--skip-unreadable", "--no-overlay"], capsys)
+    assert rc == 0 and check_manifest(tmp_path / "b", 3)["images"] == ["img0", "img1"]
+    rc, _, err = _run([str(trained), str(tmp_path / "in" / "img2.png"), "-o", str(tmp_path / "c"),
+                       "--skip-unreadable"], capsys)
+    assert rc == 2 and "none of the 1 image(s) could be read" in err
+    assert read_manifest(tmp_path / "c")["complete"] is False
+
+
+def test_write_failure_keeps_old_maps_whole(tmp_path, trained, capsys, monkeypatch):
+    """A crash in the middle of writing a PNG (disk full) leaves the previous file untouched,
+    no partial or temporary file, and the run marked incomplete."""
+    from PIL import Image as PILImage
+
+    _images(tmp_path / "in", [(16, 20), (16, 20)])
+    out = tmp_path / "out"
+    assert _run([str(trained), str(tmp_path / "in"), "-o", str(out), "--no-overlay"], capsys)[0] == 0
+    old = _pngs(out)
+    real_save = PILImage.Image.save
+    calls = {"n": 0}
+
+    def failing_save(self, fp, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first class map of the second image
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG partial")
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage.Image, "save", failing_save)
+    rc, _, err = _run([str(trained), str(tmp_path / "in"), "-o", str(out), "--no-overlay"], capsys)
+    assert rc == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert read_manifest(out)["complete"] is False
+    now = _pngs(out)
+    assert set(now) == set(old)
+    assert now["class_001/img1.png"] == old["class_001/img1.png"]  # the old map, whole
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary left
+
+
+@pytest.mark.slow  # starts a fresh Python process (imports torch)
+def test_killed_run_is_incomplete_and_has_no_partial_png(tmp_path, trained):
+    """Fault injection: SIGKILL the predict process once its first maps exist."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    code = "import sys; from dynfuse.predict import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(trained), str(folder), "-o", str(out),
+                             "--device", "cpu", "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "overlay").is_dir() or not any((out / "overlay").iterdir()):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no output appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    manifest = read_manifest(out)
+    assert manifest["complete"] is False and "images" not in manifest
+    with pytest.raises(ManifestError, match="did not complete"):
+        check_manifest(out, 3)
+    visible = [p for p in out.rglob("*.png") if not p.name.startswith(".")]
+    assert 0 < len(visible) < 400 * 4
+    for p in visible:  # every visible map decodes completely
+        with Image.open(p) as im:
+            im.load()
+    # a rerun cleans up any temporary file the kill left and completes the folder
+    assert main([str(trained), str(folder / "000.png"), "-o", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+    assert check_manifest(out, 3)["images"] == ["000"]
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_output_dir_that_is_a_file(tmp_path, trained, capsys, where):
+    """Item 16: a one-line error, not a NotADirectoryError traceback."""
+    _images(tmp_path / "in", [(16, 16)])
+    (tmp_path / "taken").write_text("x")
+    out = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "sub"
+    rc, _, err = _run([str(trained), str(tmp_path / "in"), "-o", str(out)], capsys)
+    assert rc == 2
+    assert err.strip().splitlines() == [
+        f"dynfuse-predict: error: --output-dir {str(out)!r} is not a folder"
+        + ("" if where == "file" else f" (its parent {str(tmp_path / 'taken')!r} is a file)")
+    ]
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+@pytest.mark.slow  # a full-size random ResNet-50 checkpoint
+def test_authors_checkpoint_goes_through_load_official(tmp_path, capsys):
+    """Item 15: the authors' {"epoch", "state_dict", "optimizer"} files (their key names, DDP
+    prefix) are recognised; model, depth and classes come from the weights."""
+    from test_models_official import authors_keys, random_checkpoint
+
+    from dynfuse.models import load_official_dff
+
+    k = 2
+    sd = random_checkpoint(authors_keys("dff", k), seed=4)
+    path = tmp_path / "checkpoint_200.pth.tar"
+    torch.save({"epoch": 200, "state_dict": {f"module.{key}": v for key, v in sd.items()},
+                "optimizer": {"state": {}, "param_groups": []}}, path)
+    _images(tmp_path / "in", [(16, 24)])
+    rc, _, err = _run([str(path), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--no-overlay"],
+                      capsys)
+    assert rc == 0, err
+    manifest = check_manifest(tmp_path / "o", k)
+    settings = manifest["producer"]["settings"]
+    assert (settings["model"], settings["backbone"], settings["checkpoint_layout"]) == (
+        "dff", "resnet50", "authors")
+    net, spec = load_model_for_inference(path)
+    assert (spec["model"], spec["backbone"], spec["num_classes"]) == ("dff", "resnet50", k)
+    reference = load_official_dff(sd, k).eval()
+    image = np.array(Image.open(tmp_path / "in" / "img0.png").convert("RGB"))
+    probs = predict_probabilities(reference, image)
+    saved = np.asarray(Image.open(tmp_path / "o" / "class_002" / "img0.png")).astype(np.int64)
+    assert np.abs(saved - probs[1] * 65535).max() <= 0.5 + 1e-3
+    rc, _, err = _run([str(path), str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--model",
+                       "casenet"], capsys)
+    assert rc == 2 and "--model 'casenet' disagrees" in err and "authors' DFF checkpoint" in err
+
+
+def test_bad_device_is_one_line(tmp_path, trained, capsys):
+    from dynfuse.device import resolve_device
+
+    _images(tmp_path / "in", [(16, 16)])
+    rc = main([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--device", "tpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines() == [
+        "dynfuse-predict: error: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"]
+    assert not (tmp_path / "o").exists()  # nothing created before the arguments are checked
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    assert resolve_device("cpu") == torch.device("cpu")

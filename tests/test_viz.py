@@ -76,3 +76,25 @@ def test_plot_pr_curves(tmp_path):
     plot_pr_curves(tmp_path / "pr.png", res)
     assert Image.open(tmp_path / "pr.png").size[0] > 100
     plot_pr_curves(tmp_path / "pr2.png", res.to_dict(), classes=[1])
+
+
+def test_prediction_colouring_lives_here_and_shares_the_blend_rule():
+    """predict's overlay colouring is dynfuse.viz's (one rule for every edge picture)."""
+    import dynfuse.predict as predict
+    from dynfuse.viz import class_palette, colour_edges, overlay_edges
+
+    assert predict.colour_edges is colour_edges and predict.overlay_edges is overlay_edges
+    assert predict.class_palette is class_palette
+    rng = np.random.default_rng(2)
+    probs = rng.random((19, 6, 5)).astype(np.float32)
+    colour, strength = colour_edges(probs)
+    # colorize_edges over a black background is the same picture in 8 bits
+    img = colorize_edges(probs, background=(0, 0, 0))
+    ref = np.clip(strength[..., None] * colour * 255 + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(img.astype(int) - ref).max() <= 1
+    # float64 reference of the weighted mean colour
+    p64 = probs.astype(np.float64)
+    want = np.einsum("khw,kc->hwc", p64, CITYSCAPES_PALETTE / 255.0) / p64.sum(0)[..., None]
+    np.testing.assert_allclose(colour, want, atol=1e-6)
+    over = overlay_edges(np.zeros((6, 5, 3), np.uint8), probs, alpha=1.0)
+    np.testing.assert_allclose(over / 255.0, strength[..., None] * want, atol=1 / 255 + 1e-6)

@@ -6,7 +6,8 @@ describing their channels and strides.
 """
 
 from .adapters import FeatureListBackbone, TimmBackbone, default_dff_indices
-from .feature_info import FeatureInfo
+from .factory import BackboneSource, create_backbone
+from .feature_info import FeatureInfo, parse_feature_info
 from .loading import CheckpointMismatchError, LoadReport, load_state_dict_checked, read_state_dict
 from .resnet import (
     BasicBlock,
@@ -20,6 +21,7 @@ from .resnet import (
 )
 
 __all__ = [
+    "BackboneSource",
     "BasicBlock",
     "Bottleneck",
     "CheckpointMismatchError",
@@ -28,12 +30,14 @@ __all__ = [
     "FeatureListBackbone",
     "LoadReport",
     "TimmBackbone",
+    "create_backbone",
     "default_dff_indices",
     "dilated_resnet50",
     "dilated_resnet101",
     "dilated_resnet_tiny",
     "load_state_dict_checked",
     "load_torchvision_weights",
+    "parse_feature_info",
     "read_state_dict",
     "run_checkpointed",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["FeatureInfo"]
+__all__ = ["FeatureInfo", "parse_feature_info"]
 
 
 class FeatureInfo(list):
@@ -83,3 +83,27 @@ class FeatureInfo(list):
     def get_dicts(self) -> list[dict[str, Any]]:
         """Copies of the entries as plain dicts (timm's name for it)."""
         return [dict(entry) for entry in self]
+
+
+def parse_feature_info(feature_info: Any) -> list[tuple[int, int]]:
+    """Channels and strides of each level, from timm's ``FeatureInfo``, a list of its dicts
+    (``num_chs``, ``reduction``) or a plain list of ``(channels, stride)`` pairs."""
+    if hasattr(feature_info, "channels") and hasattr(feature_info, "reduction"):
+        chs, reds = feature_info.channels(), feature_info.reduction()
+        return [(int(c), int(r)) for c, r in zip(chs, reds, strict=True)]
+    if not isinstance(feature_info, Iterable):
+        raise TypeError(
+            "feature_info must be timm's FeatureInfo, a list of dicts with 'num_chs' and "
+            f"'reduction', or a list of (channels, stride) pairs; got {type(feature_info).__name__}"
+        )
+    levels = []
+    for i, item in enumerate(feature_info):
+        if isinstance(item, dict):
+            if "num_chs" not in item or "reduction" not in item:
+                raise ValueError(f"feature_info[{i}] needs 'num_chs' and 'reduction', got {item!r}")
+            levels.append((int(item["num_chs"]), int(item["reduction"])))
+        elif isinstance(item, Sequence) and len(item) == 2:
+            levels.append((int(item[0]), int(item[1])))
+        else:
+            raise ValueError(f"feature_info[{i}] must be a dict or a (channels, stride) pair, got {item!r}")
+    return levels

@@ -4,6 +4,7 @@ from .edge import DFF, MODEL_OPTIONS, CASENet, CheckpointedAdaptiveLearner, Edge
 from .export import export_onnx, fusion_backend
 from .official import (
     convert_official_state_dict,
+    describe_official_state_dict,
     load_official_casenet,
     load_official_dff,
     to_official_state_dict,
@@ -30,6 +31,7 @@ __all__ = [
     "create_backbone",
     "create_model",
     "create_table1_model",
+    "describe_official_state_dict",
     "export_onnx",
     "fusion_backend",
     "list_models",

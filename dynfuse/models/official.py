@@ -19,12 +19,14 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from ..backbones.loading import CheckpointMismatchError, load_state_dict_checked, read_state_dict
+from ..backbones.loading import read_state_dict
 from ..backbones.resnet import dilated_resnet50, dilated_resnet101
+from ..checkpoints import CheckpointMismatchError, load_state_checked, strip_module_prefix
 from .edge import DFF, CASENet
 
 __all__ = [
     "convert_official_state_dict",
+    "describe_official_state_dict",
     "load_official_casenet",
     "load_official_dff",
     "to_official_state_dict",
@@ -69,13 +71,6 @@ def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str | None:
     return None
 
 
-def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    keys = list(state)
-    if keys and all(k.startswith("module.") for k in keys):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return dict(state)
-
-
 def convert_official_state_dict(
     state: Mapping[str, torch.Tensor], model: str = "dff"
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
@@ -87,7 +82,7 @@ def convert_official_state_dict(
     """
     if model not in _RULES:
         raise ValueError(f"model must be one of {sorted(_RULES)}, got {model!r}")
-    state = _strip_module_prefix(state)
+    state = strip_module_prefix(state)
     converted: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     dropped: list[str] = []
@@ -188,7 +183,7 @@ def _load_official(
     map_location: str | torch.device,
     model_kwargs: dict,
 ) -> DFF | CASENet:
-    state = _strip_module_prefix(read_state_dict(source, map_location=map_location))
+    state = read_state_dict(source, map_location=map_location)  # unwrapped, prefix stripped
     depth = backbone or _infer_depth(state)
     builders = {"resnet50": dilated_resnet50, "resnet101": dilated_resnet101}
     if depth not in builders:
@@ -197,7 +192,7 @@ def _load_official(
     cls = DFF if kind == "dff" else CASENet
     model = cls(builders[depth](), k, **model_kwargs)
     converted, _unknown, _dropped = convert_official_state_dict(state, kind)
-    load_state_dict_checked(model, converted, what=f"authors' {kind.upper()} checkpoint (renamed)")
+    load_state_checked(model, converted, what=f"authors' {kind.upper()} checkpoint (renamed)")
     return model
 
 
@@ -244,3 +239,30 @@ def load_official_casenet(
     )
     assert isinstance(model, CASENet)
     return model
+
+
+def describe_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, object] | None:
+    """What an authors' checkpoint holds, or None when ``state`` does not have their key layout.
+
+    Args:
+        state: a state dict with any ``module.`` prefix already removed.
+
+    Returns:
+        ``{"model": "dff" | "casenet", "backbone": "resnet50" | "resnet101", "num_classes": K}``
+        when the keys are the authors' (``pretrained.*`` backbone, ``side5.0.weight``, and
+        ``ada_learner.*`` for DFF or ``fuse.weight`` for CASENet), else None. Our own models'
+        state dicts (``backbone.*``, ``head.*``) are never taken for theirs.
+
+    Raises:
+        CheckpointMismatchError: the layout is the authors' but the backbone depth is neither
+            ResNet-50 nor ResNet-101.
+    """
+    if "side5.0.weight" not in state or not any(k.startswith("pretrained.") for k in state):
+        return None
+    if any(k.startswith("ada_learner.") for k in state):
+        kind = "dff"
+    elif "fuse.weight" in state:
+        kind = "casenet"
+    else:
+        return None
+    return {"model": kind, "backbone": _infer_depth(state), "num_classes": _infer_classes(state, None)}

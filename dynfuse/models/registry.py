@@ -8,15 +8,14 @@ with a ``feature_info``. ``TABLE1`` maps each row of the paper's ablation (Table
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import torch
 from torch import nn
 
-from ..backbones.adapters import TimmBackbone
-from ..backbones.resnet import dilated_resnet50, dilated_resnet101, dilated_resnet_tiny
+# create_backbone lives in dynfuse.backbones; it stays importable from here.
+from ..backbones.factory import BackboneSource as Source
+from ..backbones.factory import create_backbone
 from ..heads import CASENET_OPTIONS, HeadOptions
 from .edge import DFF, MODEL_OPTIONS, CASENet, EdgeModel
 
@@ -29,8 +28,6 @@ __all__ = [
     "list_models",
     "register_model",
 ]
-
-Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | None
 
 _MODELS: dict[str, Callable[..., EdgeModel]] = {}
 
@@ -69,50 +66,6 @@ def register_model(name: str) -> Callable[[Callable[..., EdgeModel]], Callable[.
 def list_models() -> list[str]:
     """Registered model names."""
     return sorted(_MODELS)
-
-
-def create_backbone(
-    backbone: str | nn.Module,
-    *,
-    pretrained: Source = None,
-    checkpoint: bool = False,
-    norm_layer: Callable[[int], nn.Module] | None = None,
-) -> nn.Module:
-    """Build a backbone by name (see the module docstring) or pass a module through.
-
-    ``pretrained``: for the dilated ResNets a local torchvision ImageNet file or state dict; for
-    "tiny" a state dict of the same architecture; for "timm:<name>" a local weights file that timm
-    loads (nothing is downloaded). Not allowed with a module.
-    """
-    if isinstance(backbone, nn.Module):
-        if pretrained is not None:
-            raise ValueError("pretrained_backbone cannot be used with a backbone module; load it yourself")
-        return backbone
-    if not isinstance(backbone, str):
-        raise TypeError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
-    name = backbone.lower()
-    builders = {"resnet50": dilated_resnet50, "resnet101": dilated_resnet101, "tiny": dilated_resnet_tiny}
-    if name in builders:
-        return builders[name](pretrained, norm_layer=norm_layer, checkpoint_stages=checkpoint)
-    if name.startswith("timm:"):
-        timm_name = backbone[len("timm:"):]
-        if not timm_name:
-            raise ValueError("give a timm model name after 'timm:', e.g. 'timm:resnet50'")
-        if norm_layer is not None:
-            raise ValueError("norm_layer applies to the dilated ResNets only, not to timm backbones")
-        kwargs: dict[str, Any] = {}
-        if pretrained is not None:
-            if not isinstance(pretrained, (str, os.PathLike)):
-                raise TypeError("for timm backbones pretrained_backbone must be a local file path")
-            kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": os.fspath(pretrained)}}
-        bb = TimmBackbone(timm_name, **kwargs)
-        if checkpoint:
-            body: Any = bb.body  # a timm model; nn.Module's typing does not know its methods
-            body.set_grad_checkpointing(True)
-        return bb
-    raise ValueError(
-        f"unknown backbone {backbone!r}: use 'resnet50', 'resnet101', 'tiny', 'timm:<name>' or a module"
-    )
 
 
 def create_model(

@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints import CheckpointError, load_state_checked, read_checkpoint
+from ..checkpoints import extract_model_state as _extract_model_state
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
@@ -47,10 +50,6 @@ _REQUIRED_KEYS = (
     "sampler",
     "config",
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable, corrupt, of another format or does not fit the run."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -133,24 +132,15 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
     """Read and validate a training checkpoint written by the dynfuse trainer.
 
+    The file is read by :func:`dynfuse.checkpoints.read_checkpoint` (one message for every file
+    that is not a checkpoint); this adds the training format's checks.
+
     Raises:
         CheckpointError: the file is missing, unreadable/corrupt/truncated, not a dynfuse training
             checkpoint, of an unsupported version, or lacks required entries.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated/corrupt archives
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} (corrupt, truncated or not a torch file): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} holds a {type(ckpt).__name__}, expected a dict"
-        )
+    ckpt = read_checkpoint(path, map_location=map_location)
     fmt = ckpt.get("format")
     if fmt != CHECKPOINT_FORMAT:
         hint = ""
@@ -174,49 +164,21 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
 
 def extract_model_state(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The model state dict inside a dynfuse checkpoint, an authors'-style ``{"state_dict": ...}``
-    dict or a bare state dict, with any DDP ``module.`` prefix removed."""
-    if obj.get("format") == CHECKPOINT_FORMAT:
-        state = obj["model"]
-    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        state = obj["state_dict"]
-    elif "model" in obj and isinstance(obj["model"], Mapping):
-        state = obj["model"]
-    else:
-        state = obj
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(
-                f"model state entry {key!r} is a {type(value).__name__}, expected a tensor"
-            )
-        out[key[len("module."):] if key.startswith("module.") else key] = value
-    return out
+    dict or a bare state dict, with any DDP ``module.`` prefix removed
+    (:func:`dynfuse.checkpoints.extract_model_state`)."""
+    return _extract_model_state(obj)
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """``model.load_state_dict(state, strict=True)`` with a readable error on any mismatch.
+    """Load ``state`` into ``model`` exactly, with a readable error on any mismatch
+    (:func:`dynfuse.checkpoints.load_state_checked`; missing ``num_batches_tracked`` buffers of
+    old files are tolerated).
 
     Raises:
-        CheckpointError: naming up to five missing keys, unexpected keys and shape mismatches.
+        CheckpointMismatchError: (a CheckpointError) listing every missing key, unexpected key and
+            shape mismatch.
     """
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[:5]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:5]})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:5]})")
-        raise CheckpointError(
-            "checkpoint weights do not fit the model (was it trained with another --model, "
-            "--backbone or number of classes?): " + "; ".join(parts)
-        )
-    model.load_state_dict(state, strict=True)
+    load_state_checked(
+        model, state, what="checkpoint",
+        hint=" (was it trained with another --model, --backbone or number of classes?)",
+    )
