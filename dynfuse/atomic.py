@@ -34,12 +34,15 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], *, durable: bool = True) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[str], object], *, durable: bool = True
+) -> Path:
     """Call ``write(tmp_path)``, then rename the temporary file onto ``path``.
 
     Args:
         path: destination file; its folder is created if missing.
-        write: writes the whole content to the temporary path it is given (e.g. ``np.savez``,
+        write: writes the whole content to the temporary path it is given (its return value is
+            ignored) (e.g. ``np.savez``,
             ``image.save``, ``torch.save``). The temporary name keeps ``path``'s suffix so
             writers that pick a format from the extension still work.
         durable: fsync the file and its folder (off for many small files where a crash may lose

@@ -187,7 +187,7 @@ def check_output_size(output_size: object) -> tuple[int, int]:
     ):
         shown = tuple(output_size) if isinstance(output_size, Sequence) else output_size
         raise ValueError(f"output_size must be (H, W), two positive ints, got {shown!r}")
-    return int(output_size[0]), int(output_size[1])  # type: ignore[call-overload]
+    return int(output_size[0]), int(output_size[1])
 
 
 def _fits(got: int, full: int, stride: int) -> bool:

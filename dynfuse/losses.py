@@ -202,9 +202,12 @@ def dff_loss(
             "output: expected an object with .side5 and .fuse (e.g. DFFOutput), "
             f"got {type(output).__name__}"
         )
-    kwargs = {"per_class": per_class, "denominator": denominator}
-    loss_side5 = reweighted_edge_loss(output.side5, targets, valid_mask, **kwargs)
-    loss_fuse = reweighted_edge_loss(output.fuse, targets, valid_mask, **kwargs)
+    loss_side5 = reweighted_edge_loss(
+        output.side5, targets, valid_mask, per_class=per_class, denominator=denominator
+    )
+    loss_fuse = reweighted_edge_loss(
+        output.fuse, targets, valid_mask, per_class=per_class, denominator=denominator
+    )
     return side5_weight * loss_side5 + fuse_weight * loss_fuse
 
 

@@ -73,12 +73,12 @@ class FeatureListBackbone(nn.Module):
         self.body = module
         self.in_channels = in_channels
         self.indices = None if indices is None else tuple(int(i) for i in indices)
-        if (channels is None) != (reductions is None):
-            raise ValueError("give both channels and reductions, or neither (to measure them)")
-        if channels is None:
+        if channels is None and reductions is None:
             self.feature_info = self._probe(probe_size)
-        else:
+        elif channels is not None and reductions is not None:
             self.feature_info = FeatureInfo.from_lists(list(channels), list(reductions))
+        else:
+            raise ValueError("give both channels and reductions, or neither (to measure them)")
 
     def _select(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.indices is None:
@@ -157,12 +157,14 @@ class TimmBackbone(nn.Module):
                 model, features_only=True, pretrained=pretrained, in_chans=in_channels, **kwargs
             )
             # Without explicit out_indices timm returns every level; keep DFF's default four.
-            n = len(model.feature_info.channels())
+            info: Any = model.feature_info  # timm's FeatureInfo (nn.Module's typing does not know it)
+            n = len(info.channels())
             self.indices = None if out_indices is not None else default_dff_indices(n)
         elif isinstance(model, nn.Module):
             if not hasattr(model, "feature_info"):
                 raise TypeError("model must be a timm features_only model (with feature_info)")
-            n = len(model.feature_info.channels())
+            info = model.feature_info
+            n = len(info.channels())
             self.indices = (
                 tuple(int(i) for i in out_indices) if out_indices is not None
                 else default_dff_indices(n)
@@ -171,7 +173,6 @@ class TimmBackbone(nn.Module):
             raise TypeError(f"model must be a timm model name or module, got {type(model)}")
         self.body = model
         self.in_channels = in_channels
-        info = model.feature_info
         chans, reds = list(info.channels()), list(info.reduction())
         names = list(info.module_name())
         if self.indices is not None:

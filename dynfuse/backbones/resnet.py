@@ -104,7 +104,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-_BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+_BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class DilatedResNet(nn.Module):
@@ -115,7 +115,8 @@ class DilatedResNet(nn.Module):
         layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
         widths: planes per stage (a bottleneck stage outputs 4x planes).
         stem_channels: channels of the 7x7 stem convolution (c1).
-        strides, dilations: per stage; the authors' (1, 2, 2, 1) and (2, 2, 2, 4).
+        strides: per stage; the authors' (1, 2, 2, 1).
+        dilations: per stage; the authors' (2, 2, 2, 4).
         in_channels: image channels.
         norm_layer: BatchNorm-like factory ``norm_layer(num_features)``; default nn.BatchNorm2d.
         checkpoint_stages: recompute the stem and each stage in backward (activation checkpointing)
@@ -124,6 +125,12 @@ class DilatedResNet(nn.Module):
     Input (B, in_channels, H, W) float; output list of 4 tensors (B, C_i, ceil(H/r_i), ceil(W/r_i))
     with C_i = ``feature_info.channels()`` and r_i = ``feature_info.reduction()`` = (1, 2, 4, 8).
     """
+
+    # Stages are registered by name in __init__ (add_module); declared here for type checkers.
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(
         self,
@@ -176,7 +183,7 @@ class DilatedResNet(nn.Module):
 
     @staticmethod
     def _make_stage(
-        block_cls: type[nn.Module],
+        block_cls: type[BasicBlock] | type[Bottleneck],
         in_channels: int,
         planes: int,
         blocks: int,

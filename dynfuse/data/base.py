@@ -68,8 +68,7 @@ class EdgeDataset(Dataset):
 
     def _check_index(self, index: Any) -> int:
         if isinstance(index, bool) or not isinstance(index, int):
-            is_int_tensor = isinstance(index, torch.Tensor) and not index.is_floating_point()
-            if is_int_tensor and index.numel() == 1:
+            if isinstance(index, torch.Tensor) and not index.is_floating_point() and index.numel() == 1:
                 index = int(index.item())
             elif hasattr(index, "__index__"):
                 index = int(index.__index__())

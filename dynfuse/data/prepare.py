@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, atomic_write_text
 from .classes import CITYSCAPES_IGNORED_LABEL_IDS, CITYSCAPES_TRAIN_IDS, cityscapes_train_ids
 from .codecs import write_edge_png
 from .edges import mask_to_edges
@@ -282,7 +282,7 @@ def _do_sbd(item: _SBDItem) -> None:
         if item.scale == 1.0:
             _link_or_copy(item.image_src, item.image_dst, item.copy_images)
         else:
-            resized = image.resize((size[1], size[0]), Image.BICUBIC)
+            resized = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
             atomic_write(item.image_dst, lambda tmp: resized.save(tmp, format="PNG"))
     if not item.edge_dst.exists():
         # The segmentation is rescaled first, as MATLAB's imresize(seg, s, 'nearest') samples it.
@@ -411,15 +411,14 @@ def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> Non
                 "Use another OUT or --overwrite."
             )
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _write_list(path: Path, rows: Iterable[tuple[Path, Path]], root: Path) -> None:
     lines = [
         f"{a.relative_to(root).as_posix()} {b.relative_to(root).as_posix()}\n" for a, b in rows
     ]
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
+    atomic_write_text(path, "".join(lines))
 
 
 def _start_split(list_path: Path, items: Sequence[Any], overwrite: bool) -> None:
@@ -652,8 +651,7 @@ def _prepare_eval_gt(args: argparse.Namespace, out: Path, num_classes: int) -> i
         failed += len(errors)
         if _report_split(split, items, errors, list_path):
             names = [item.targets[0][2].name[: -len(".png")] for item in items]
-            text = "".join(f"{n}\n" for n in names)
-            atomic_write(list_path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+            atomic_write_text(list_path, "".join(f"{n}\n" for n in names))
             if not args.quiet:
                 for variant in variants:
                     for kind in EVAL_GT_KINDS:
