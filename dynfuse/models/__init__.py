@@ -13,6 +13,7 @@ from .registry import (
     create_backbone,
     create_model,
     create_table1_model,
+    list_backbones,
     list_models,
     register_model,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "create_table1_model",
     "export_onnx",
     "fusion_backend",
+    "list_backbones",
     "list_models",
     "load_official_casenet",
     "load_official_dff",

@@ -23,6 +23,7 @@ __all__ = [
     "create_backbone",
     "create_model",
     "create_table1_model",
+    "list_backbones",
     "list_models",
     "register_model",
 ]
@@ -60,6 +61,19 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+# Backbones built by name; "timm:<model name>" is accepted besides these.
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet50": dilated_resnet50,
+    "resnet101": dilated_resnet101,
+    "tiny": dilated_resnet_tiny,
+}
+
+
+def list_backbones() -> list[str]:
+    """Backbone names :func:`create_backbone` builds (besides ``"timm:<model name>"``)."""
+    return list(_BACKBONES)
+
+
 def create_backbone(
     backbone: str | nn.Module,
     *,
@@ -80,9 +94,8 @@ def create_backbone(
     if not isinstance(backbone, str):
         raise TypeError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
     name = backbone.lower()
-    builders = {"resnet50": dilated_resnet50, "resnet101": dilated_resnet101, "tiny": dilated_resnet_tiny}
-    if name in builders:
-        return builders[name](pretrained, norm_layer=norm_layer, checkpoint_stages=checkpoint)
+    if name in _BACKBONES:
+        return _BACKBONES[name](pretrained, norm_layer=norm_layer, checkpoint_stages=checkpoint)
     if name.startswith("timm:"):
         timm_name = backbone[len("timm:"):]
         if not timm_name:
@@ -99,7 +112,7 @@ def create_backbone(
             bb.body.set_grad_checkpointing(True)
         return bb
     raise ValueError(
-        f"unknown backbone {backbone!r}: use 'resnet50', 'resnet101', 'tiny', 'timm:<name>' or a module"
+        f"unknown backbone {backbone!r}: use one of {list_backbones()}, 'timm:<name>' or a module"
     )
 
 

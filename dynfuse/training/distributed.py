@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 __all__ = [
     "DistContext",
     "all_gather_objects",
@@ -66,6 +68,9 @@ def _env_int(name: str, default: int) -> int:
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     """Turn ``--device`` into a torch device.
 
+    Raises:
+        ConfigError: (a ValueError) for an unknown spec or a device that is not there.
+
     Args:
         spec: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` (this process's
             local GPU) or an explicit ``"cuda:N"``.
@@ -77,16 +82,21 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} was requested but CUDA is not available")
+            raise ConfigError("device", f"{spec!r} was requested but CUDA is not available")
         if spec == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
-        device = torch.device(spec)
+        try:
+            device = torch.device(spec)
+        except RuntimeError:
+            device = None
+        if device is None or device.type != "cuda":
+            raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
+            raise ConfigError(
+                "device", f"{spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
             )
         return device
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+    raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
 
 
 def init_distributed(device: str = "auto", *, timeout_s: float = 1800.0) -> DistContext:
