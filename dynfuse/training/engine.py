@@ -194,6 +194,15 @@ class Trainer:
         self.ctx = ctx if ctx is not None else init_distributed(config.device)
         self.device = self.ctx.device
         self.out_dir = Path(config.output_dir)
+        # Continuing the run in this folder, or starting one (from scratch or from a checkpoint
+        # elsewhere)? The latter needs an empty folder or --overwrite: checked before any work.
+        resume_path = None
+        if config.resume:
+            resume_path = self.checkpoint_path if config.resume == "auto" else Path(config.resume)
+        self._continuing = resume_path is not None and (
+            resume_path.is_file() and _same_folder(resume_path, self.out_dir))
+        if not self._continuing:
+            self._check_output_folder()
         # Same seed everywhere for the model; DDP also broadcasts rank 0's weights.
         seed_everything(config.seed)
         base = model if model is not None else build_model(config)
@@ -246,7 +255,7 @@ class Trainer:
             # Touch nothing: the folder describes the finished run.
             self.logger = MetricsLogger(self.out_dir, enabled=False)
             return
-        if ckpt is not None and _same_folder(ckpt["_path"], self.out_dir):
+        if ckpt is not None and self._continuing:
             # The log goes on from the checkpoint; records of the replayed iterations are dropped.
             keep = ckpt.get("metrics_records")
             self.logger = MetricsLogger(
@@ -256,7 +265,6 @@ class Trainer:
             if self.ctx.is_main:
                 self._write_config()
         else:
-            self._check_output_folder()
             # Nothing is written until the first checkpoint: killed before it, the folder still
             # holds what it held (nothing, or the old run that --overwrite replaces).
             self._commit_pending = True
@@ -633,11 +641,14 @@ class Trainer:
             model.train()
         self._record("val", **metrics)
         if not math.isfinite(metrics["loss"]):
-            kept = (f"{self.checkpoint_path} keeps epoch {self.epoch}'s weights, no final.pt is "
-                    "written" if self.epoch else "the untrained model")
+            if not self.epoch:
+                raise FloatingPointError(
+                    f"validation loss of the untrained model is {metrics['loss']}: check the "
+                    "data and --model-kw, or use --amp off")
             raise FloatingPointError(
                 f"validation loss is {metrics['loss']} after epoch {self.epoch} (iteration "
-                f"{self.iteration}); {kept}; lower --lr or use --amp off/bf16"
+                f"{self.iteration}); {self.checkpoint_path} keeps epoch {self.epoch}'s weights, "
+                "no final.pt is written; lower --lr or use --amp off/bf16"
             )
         return metrics
 
