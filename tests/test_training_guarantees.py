@@ -124,6 +124,7 @@ BAD_FLAGS = {
     "crop-size": (["--crop-size", "7"], "argument --crop-size: must be >= 8, got 7"),
     "cuda": (["--device", "cuda"], "argument --device: 'cuda' was requested but CUDA is not"),
     "backbone": (["--backbone", "resnet18"], "unknown backbone 'resnet18'"),
+    "timm-backbone": (["--backbone", "timm:no_such_net"], "Unknown model (no_such_net)"),
     "learner": (["--model-kw", "learner=bogus"], "learner must be one of"),
     "model-kw-key": (["--model-kw", "bogus=1"], "unexpected keyword argument 'bogus'"),
     "model-kw-form": (["--model-kw", "learner"], "argument --model-kw: expects KEY=VALUE"),

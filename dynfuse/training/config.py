@@ -536,11 +536,25 @@ def check_runnable(config: TrainConfig) -> None:
     resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0") or 0))
     from dynfuse.models import create_model
 
+    def build() -> None:
+        create_model(config.model, backbone=config.backbone, num_classes=config.num_classes,
+                     **config.model_kwargs)
+
+    error: Exception
     try:
         with torch.device("meta"):
-            create_model(config.model, backbone=config.backbone, num_classes=config.num_classes,
-                         **config.model_kwargs)
+            build()
+        return
     except (ValueError, TypeError) as exc:
-        kw = "".join(f" --model-kw {k}={json.dumps(v)}" for k, v in config.model_kwargs.items())
-        raise ConfigError(None, f"cannot build --model {config.model} --backbone "
-                                f"{config.backbone}{kw}: {exc}") from exc
+        error = exc
+    except (RuntimeError, NotImplementedError):
+        # Construction that reads tensor values fails on meta (and timm raises RuntimeError for
+        # an unknown name): build it for real to tell the two apart.
+        try:
+            build()
+            return
+        except (ValueError, TypeError, RuntimeError) as exc:
+            error = exc
+    kw = "".join(f" --model-kw {k}={json.dumps(v)}" for k, v in config.model_kwargs.items())
+    raise ConfigError(None, f"cannot build --model {config.model} --backbone "
+                            f"{config.backbone}{kw}: {error}") from error
