@@ -451,7 +451,7 @@ class Trainer:
         """Put this config's lr, multiplier, momentum, weight decay and poly plan into the loaded
         optimizer and scheduler (their state dicts carry the checkpoint's)."""
         cfg = self.config
-        base_lrs = []
+        base_lrs: list[Any] = []
         for group in self.optimizer.param_groups:
             base = cfg.lr * cfg.head_lr_mult if group.get("name") == "head" else cfg.lr
             group["initial_lr"] = base

@@ -55,7 +55,7 @@ class MetricsLogger:
                  deferred: bool = False, purge_step: int | None = None) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
-        self._tb = None
+        self._tb: Any = None  # a SummaryWriter once opened
         self._tb_wanted = tensorboard
         self._purge_step = purge_step
         self.tensorboard_error: str | None = None
