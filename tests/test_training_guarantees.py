@@ -184,9 +184,12 @@ def test_allowed_change_is_applied_and_recorded(tmp_path):
     first = make_trainer(tmp_path, "run")
     first.fit(max_epochs=1)
     steps = first.steps_per_epoch
+    config_before = (tmp_path / "run" / "config.json").read_bytes()
     with pytest.warns(UserWarning, match="lr 0.01 -> 0.05"):
         resumed = make_trainer(tmp_path, "run", resume="auto", lr=0.05, momentum=0.5,
                                allow_changed_config=True)
+    # until the next checkpoint lands, config.json describes the checkpoint in the folder
+    assert (tmp_path / "run" / "config.json").read_bytes() == config_before
     backbone, head = resumed.optimizer.param_groups
     factor = poly_factor(steps, resumed.max_iters)
     assert backbone["lr"] == pytest.approx(0.05 * factor)
@@ -203,6 +206,23 @@ def test_allowed_change_is_applied_and_recorded(tmp_path):
         ("lr", 0.01, 0.05, 1), ("momentum", 0.9, 0.5, 1)}
     ck = load_checkpoint(tmp_path / "run" / "final.pt")
     assert ck["config"]["lr"] == 0.05 and len(ck["config_changes"]) == 2
+
+
+def test_cli_resume_takes_the_checkpoints_settings_for_flags_not_given(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli([*TINY, "--epochs", "1", "--lr", "0.05", "--output-dir", str(out)])[0] == 0
+    with pytest.warns(UserWarning, match="re-planned"):
+        rc, stdout, err = run_cli(["--resume", "auto", "--output-dir", str(out), "--epochs", "2",
+                                   "--no-progress"])
+    assert rc == 0, err
+    assert "resumed from" in stdout and "epoch 2/2" in stdout
+    ck = load_checkpoint(out / "final.pt")
+    assert (ck["config"]["lr"], ck["config"]["num_classes"], ck["config"]["crop_size"]) == (
+        0.05, 3, 32)
+    # a flag given with another value is still a change
+    rc, _, err = run_cli(["--resume", "auto", "--output-dir", str(out), "--epochs", "3",
+                          "--lr", "0.1"])
+    assert rc == 2 and "--lr: 0.05 (checkpoint) -> 0.1 (now)" in err
 
 
 # ---------------------------------------------------------------- issue 9.4: a used folder

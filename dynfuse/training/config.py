@@ -7,7 +7,8 @@ command-line parser (:func:`build_parser`), the checks of a config built in Pyth
 declarations, so a new option is one new field.
 
 Defaults come in layers: the dataclass default, then the dataset's entry of ``DATASET_DEFAULTS``,
-then the flags given (:meth:`TrainConfig.for_dataset`, :func:`parse_config`).
+(on ``--resume``, then the checkpoint's settings,) then the flags given
+(:meth:`TrainConfig.for_dataset`, :func:`parse_config`).
 
 ``DATASET_DEFAULTS`` holds the paper's settings (DFF, IJCAI 2019, section 5.1; DESIGN.md section 4):
 Cityscapes lr 0.08, batch 8, crop 640, 200 epochs; SBD lr 0.05, batch 16, crop 352, 10 epochs; both
@@ -506,12 +507,38 @@ def parse_config(argv: Sequence[str] | None = None, prog: str = "dynfuse-train")
     given = vars(parser.parse_args(argv))
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
+    # On --resume, settings not given are the checkpoint's (so "--resume auto" alone continues a
+    # run); a given one that differs is what Trainer refuses without --allow-changed-config.
+    settings = {**_resumed_settings(given), **given}
     try:
-        config = TrainConfig.for_dataset(given.pop("dataset", "synthetic"), **given)
+        config = TrainConfig.for_dataset(settings.pop("dataset", "synthetic"), **settings)
     except ConfigError as exc:
         parser.error(exc.for_cli())  # exits with status 2
         raise  # unreachable
     return config
+
+
+def _resumed_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's settings that ``--resume`` carries over (all but the "free" ones), or {}
+    when there is no readable checkpoint (the trainer then reports it or starts afresh)."""
+    resume = given.get("resume")
+    if not resume:
+        return {}
+    if resume == "auto":
+        dataset = given.get("dataset", "synthetic")
+        out = given.get("output_dir") or f"runs/{dataset}-{given.get('model', 'dff')}"
+        path = os.path.join(out, "checkpoint.pt")
+    else:
+        path = resume
+    if not os.path.isfile(path):
+        return {}
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        saved = load_checkpoint(path, map_location="cpu")["config"]
+    except CheckpointError:
+        return {}
+    return {k: v for k, v in saved.items() if k in _FIELDS and resume_policy(k) != "free"}
 
 
 # ---------------------------------------------------------------- checks that need torch

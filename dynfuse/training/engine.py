@@ -250,6 +250,7 @@ class Trainer:
         self._last_val: dict[str, Any] | None = None
         self._config_changes: list[dict[str, Any]] = []
         self._commit_pending = False  # a new run's files wait for its first checkpoint
+        self._config_written: dict[str, Any] | None = None  # what config.json holds
         ckpt = self._resume(config.resume) if config.resume else None
         if self.finished:
             # Touch nothing: the folder describes the finished run.
@@ -262,8 +263,8 @@ class Trainer:
                 self.out_dir, enabled=self.ctx.is_main, tensorboard=config.tensorboard,
                 keep_records=keep if isinstance(keep, int) else None,
                 purge_step=self.iteration + 1)
-            if self.ctx.is_main:
-                self._write_config()
+            # config.json is rewritten with the next checkpoint (it describes what the folder's
+            # checkpoint ran; until then, that is still the resumed one's settings).
         else:
             # Nothing is written until the first checkpoint: killed before it, the folder still
             # holds what it held (nothing, or the old run that --overwrite replaces).
@@ -310,11 +311,14 @@ class Trainer:
         self.logger.commit()
 
     def _write_config(self) -> None:
-        """``config.json``: the settings in force, and every change made on a resume."""
+        """``config.json``: the settings of the run's checkpoint and every change made on a
+        resume. Written when a new run commits and after each checkpoint when it changed."""
         data = self.config.to_dict()
         if self._config_changes:
             data["config_changes"] = self._config_changes
-        atomic_write_json(self.out_dir / _CONFIG_NAME, data)
+        if data != self._config_written:
+            atomic_write_json(self.out_dir / _CONFIG_NAME, data)
+            self._config_written = data
 
     # ------------------------------------------------------------------ output helpers
     def _print(self, text: str) -> None:
@@ -517,6 +521,7 @@ class Trainer:
                 self._commit_new_run()
             ckpt = self._checkpoint_dict(rng_states, fingerprints)
             path = atomic_torch_save(ckpt, self.checkpoint_path)
+            self._write_config()  # after the checkpoint it describes (a no-op when unchanged)
             if final:
                 path = atomic_torch_save(ckpt, self.out_dir / _FINAL_NAME)
         self._commit_pending = False
