@@ -339,6 +339,26 @@ def test_resume_drops_the_records_of_replayed_iterations(tmp_path):
     assert rows(metrics) == rows(tmp_path / "straight" / "metrics.jsonl")
 
 
+def test_resume_from_a_checkpoint_without_a_record_count(tmp_path):
+    straight = make_trainer(tmp_path, "straight")
+    straight.fit()
+    first = make_trainer(tmp_path, "old")
+    first.fit(max_epochs=1)
+    path = tmp_path / "old" / "checkpoint.pt"
+    ck = load_checkpoint(path)
+    for key in ("metrics_records", "val_pending", "last_val", "config_changes"):
+        del ck[key]  # as an older dynfuse wrote it
+    torch.save(ck, path)
+    with open(tmp_path / "old" / "metrics.jsonl", "a") as f:  # records of a replayed iteration
+        f.write(json.dumps({"kind": "train", "epoch": 2, "iteration": ck["iteration"] + 1}) + "\n")
+    make_trainer(tmp_path, "old", resume="auto").fit()
+
+    def rows(path):
+        return [(r["kind"], r["epoch"], r["iteration"], r.get("loss")) for r in read_jsonl(path)]
+
+    assert rows(tmp_path / "old" / "metrics.jsonl") == rows(tmp_path / "straight" / "metrics.jsonl")
+
+
 # ---------------------------------------------------------------- issue 9.8: non-finite validation
 def test_nonfinite_validation_loss_is_an_error(tmp_path):
     trainer = make_trainer(tmp_path, "run", epochs=1)

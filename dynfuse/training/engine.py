@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import random
 import shutil
@@ -121,6 +122,24 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _same_folder(checkpoint: Path, out_dir: Path) -> bool:
     return checkpoint.resolve().parent == out_dir.resolve()
+
+
+def _records_through(path: Path, iteration: int) -> int | None:
+    """How many leading records of a metrics file have ``iteration`` <= the given one."""
+    if not path.is_file():
+        return None
+    n = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if int(rec.get("iteration", 0)) > iteration:
+            break
+        n += 1
+    return n
 
 
 def _nonfinite_tensors(model: nn.Module) -> list[str]:
@@ -259,6 +278,10 @@ class Trainer:
         if ckpt is not None and self._continuing:
             # The log goes on from the checkpoint; records of the replayed iterations are dropped.
             keep = ckpt.get("metrics_records")
+            if not isinstance(keep, int) and self.ctx.is_main:
+                # A checkpoint of an older dynfuse (no record count): keep the records up to its
+                # iteration (it was saved after that epoch's validation).
+                keep = _records_through(self.out_dir / "metrics.jsonl", self.iteration)
             self.logger = MetricsLogger(
                 self.out_dir, enabled=self.ctx.is_main, tensorboard=config.tensorboard,
                 keep_records=keep if isinstance(keep, int) else None,
