@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["DeviceError", "resolve_device"]
+
+
+class DeviceError(ValueError):
+    """A ``--device`` value that names no usable device; ``problem`` is the message without the
+    word "device" in front (so a command can prefix it with its own flag name)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"device {problem}")
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -19,7 +28,8 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         local_rank: which GPU ``"auto"``/``"cuda"`` pick under a launcher.
 
     Raises:
-        ValueError: an unknown spec, CUDA asked for without CUDA, or a GPU index that does not exist.
+        DeviceError: (a ValueError) an unknown spec, CUDA asked for without CUDA, or a GPU index
+            that does not exist.
     """
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,16 +37,16 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} was requested but CUDA is not available")
+            raise DeviceError(f"{spec!r} was requested but CUDA is not available")
         if spec == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
         try:
             device = torch.device(spec)
         except RuntimeError as exc:
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from exc
+            raise DeviceError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from exc
+        if device.type != "cuda":
+            raise DeviceError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
-            )
+            raise DeviceError(f"{spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
         return device
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+    raise DeviceError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")

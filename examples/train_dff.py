@@ -12,6 +12,9 @@ Examples::
     # Continue a killed run where its last finished epoch left off
     python examples/train_dff.py --dataset synthetic --resume auto
 
+    # Start again in a folder that holds a run (replaced when the new run's first checkpoint lands)
+    python examples/train_dff.py --dataset synthetic --overwrite
+
 ``python examples/train_dff.py --help`` lists every flag with its per-dataset default.
 """
 

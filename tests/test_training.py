@@ -312,7 +312,8 @@ def test_nonfinite_loss_is_reported(tmp_path):
 
 def test_new_run_in_used_folder_starts_a_fresh_log(tmp_path, capsys):
     make_trainer(tmp_path, "same", epochs=1, val_every=0).fit()
-    again = make_trainer(tmp_path, "same", epochs=1, val_every=0)
+    # the folder holds a finished run: a new one needs --overwrite (test_output_folder_rules)
+    again = make_trainer(tmp_path, "same", epochs=1, val_every=0, overwrite=True)
     assert "holds a checkpoint of an earlier run" in capsys.readouterr().out
     again.fit()
     log = read_jsonl(tmp_path / "same" / "metrics.jsonl", kind="train")

@@ -6,7 +6,7 @@ describing their channels and strides.
 """
 
 from .adapters import FeatureListBackbone, TimmBackbone, default_dff_indices
-from .factory import BackboneSource, create_backbone
+from .factory import BackboneSource, create_backbone, list_backbones
 from .feature_info import FeatureInfo, parse_feature_info
 from .loading import CheckpointMismatchError, LoadReport, load_state_dict_checked, read_state_dict
 from .resnet import (
@@ -31,6 +31,7 @@ __all__ = [
     "LoadReport",
     "TimmBackbone",
     "create_backbone",
+    "list_backbones",
     "default_dff_indices",
     "dilated_resnet50",
     "dilated_resnet101",

@@ -18,10 +18,23 @@ from ..checkpoints import read_checkpoint
 from .adapters import TimmBackbone
 from .resnet import dilated_resnet50, dilated_resnet101, dilated_resnet_tiny
 
-__all__ = ["BackboneSource", "create_backbone"]
+__all__ = ["BackboneSource", "create_backbone", "list_backbones"]
 
 #: Where pretrained backbone weights come from: a local file, a state dict, or nothing.
 BackboneSource = str | os.PathLike[str] | Mapping[str, torch.Tensor] | None
+
+
+# Backbones built by name; "timm:<model name>" is accepted besides these.
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet50": dilated_resnet50,
+    "resnet101": dilated_resnet101,
+    "tiny": dilated_resnet_tiny,
+}
+
+
+def list_backbones() -> list[str]:
+    """Backbone names :func:`create_backbone` builds (besides ``"timm:<model name>"``)."""
+    return list(_BACKBONES)
 
 
 def create_backbone(
@@ -44,9 +57,8 @@ def create_backbone(
     if not isinstance(backbone, str):
         raise TypeError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
     name = backbone.lower()
-    builders = {"resnet50": dilated_resnet50, "resnet101": dilated_resnet101, "tiny": dilated_resnet_tiny}
-    if name in builders:
-        return builders[name](pretrained, norm_layer=norm_layer, checkpoint_stages=checkpoint)
+    if name in _BACKBONES:
+        return _BACKBONES[name](pretrained, norm_layer=norm_layer, checkpoint_stages=checkpoint)
     if name.startswith("timm:"):
         timm_name = backbone[len("timm:"):]
         if not timm_name:
@@ -68,5 +80,5 @@ def create_backbone(
             body.set_grad_checkpointing(True)
         return bb
     raise ValueError(
-        f"unknown backbone {backbone!r}: use 'resnet50', 'resnet101', 'tiny', 'timm:<name>' or a module"
+        f"unknown backbone {backbone!r}: use one of {list_backbones()}, 'timm:<name>' or a module"
     )

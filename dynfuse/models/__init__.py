@@ -15,6 +15,7 @@ from .registry import (
     create_backbone,
     create_model,
     create_table1_model,
+    list_backbones,
     list_models,
     register_model,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "describe_official_state_dict",
     "export_onnx",
     "fusion_backend",
+    "list_backbones",
     "list_models",
     "load_official_casenet",
     "load_official_dff",

@@ -15,7 +15,7 @@ from torch import nn
 
 # create_backbone lives in dynfuse.backbones; it stays importable from here.
 from ..backbones.factory import BackboneSource as Source
-from ..backbones.factory import create_backbone
+from ..backbones.factory import create_backbone, list_backbones
 from ..heads import CASENET_OPTIONS, HeadOptions
 from .edge import DFF, MODEL_OPTIONS, CASENet, EdgeModel
 
@@ -25,6 +25,7 @@ __all__ = [
     "create_backbone",
     "create_model",
     "create_table1_model",
+    "list_backbones",
     "list_models",
     "register_model",
 ]

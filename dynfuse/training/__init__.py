@@ -16,7 +16,14 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .cli import main
-from .config import DATASET_DEFAULTS, TrainConfig, build_parser, parse_config
+from .config import (
+    DATASET_DEFAULTS,
+    ConfigError,
+    TrainConfig,
+    build_parser,
+    check_runnable,
+    parse_config,
+)
 from .distributed import DistContext, init_distributed
 from .engine import Trainer, build_model, seed_everything
 from .metrics_log import MetricsLogger, read_jsonl
@@ -25,6 +32,7 @@ from .optim import PolyLR, build_optimizer, build_param_groups, poly_factor
 __all__ = [
     "DATASET_DEFAULTS",
     "CheckpointError",
+    "ConfigError",
     "DistContext",
     "MetricsLogger",
     "PolyLR",
@@ -36,6 +44,7 @@ __all__ = [
     "build_param_groups",
     "build_parser",
     "capture_rng_state",
+    "check_runnable",
     "extract_model_state",
     "init_distributed",
     "load_checkpoint",

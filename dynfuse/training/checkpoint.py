@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..checkpoints import CheckpointError, load_state_checked, read_checkpoint
 from ..checkpoints import extract_model_state as _extract_model_state
 
@@ -53,38 +53,15 @@ _REQUIRED_KEYS = (
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+    """``torch.save(obj)`` to ``path`` atomically (:func:`dynfuse.atomic.atomic_write`): a temp
+    file in the same folder, fsync, rename; on any error the previous file at ``path`` is left
+    untouched and the temp file removed."""
 
-    The temp file lives in the destination folder so ``os.replace`` is a same-filesystem atomic
-    rename; on any error it is removed and the previous file at ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    # Make the rename itself durable (POSIX); not possible on every platform, hence best effort.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
+
+    return atomic_write(path, write)
 
 
 def capture_rng_state() -> dict[str, Any]:

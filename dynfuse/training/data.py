@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .distributed import DistContext
 
 __all__ = ["ShardSampler", "build_datasets", "build_train_loader", "build_val_loader",
@@ -123,9 +123,9 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
 def per_rank_batch(config: TrainConfig, ctx: DistContext) -> int:
     """The per-process batch: the global ``batch_size`` split evenly over ranks."""
     if config.batch_size % ctx.world_size != 0:
-        raise ValueError(
-            f"batch_size {config.batch_size} (global) must be divisible by the number of "
-            f"processes {ctx.world_size}"
+        raise ConfigError(
+            "batch_size", f"(global) must be divisible by the number of processes "
+            f"{ctx.world_size}, got {config.batch_size}"
         )
     return config.batch_size // ctx.world_size
 
@@ -139,8 +139,9 @@ def build_train_loader(dataset: Dataset, config: TrainConfig, ctx: DistContext) 
     batch = per_rank_batch(config, ctx)
     n = len(dataset)  # type: ignore[arg-type]
     if n < config.batch_size:
-        raise ValueError(
-            f"training set has {n} items, fewer than one global batch of {config.batch_size}"
+        raise ConfigError(
+            "batch_size", f"(global) must be at most the training set's {n} items, got "
+            f"{config.batch_size}"
         )
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                  shuffle=True, seed=config.seed, drop_last=True)
@@ -158,7 +159,12 @@ def build_train_loader(dataset: Dataset, config: TrainConfig, ctx: DistContext) 
 
 
 def build_val_loader(dataset: Dataset, config: TrainConfig, ctx: DistContext) -> DataLoader:
-    """Unshuffled loader of this rank's shard; batch 1 because images may differ in size."""
+    """Unshuffled loader of this rank's shard; batch 1 because images may differ in size.
+
+    It has its own generator so that validating draws nothing from the global torch RNG: a run
+    that validates (or re-validates after a resume) trains on exactly as if it had not.
+    """
     sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
     return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=config.workers,
-                      pin_memory=ctx.device.type == "cuda")
+                      pin_memory=ctx.device.type == "cuda",
+                      generator=torch.Generator().manual_seed(config.seed))

@@ -17,6 +17,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..device import DeviceError
+from ..device import resolve_device as _resolve_device
+from .config import ConfigError
+
 __all__ = [
     "DistContext",
     "all_gather_objects",
@@ -64,29 +68,17 @@ def _env_int(name: str, default: int) -> int:
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """Turn ``--device`` into a torch device.
-
-    Args:
-        spec: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` (this process's
-            local GPU) or an explicit ``"cuda:N"``.
-        local_rank: which GPU ``"auto"``/``"cuda"`` pick under a launcher.
-    """
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} was requested but CUDA is not available")
-        if spec == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        device = torch.device(spec)
+    """:func:`dynfuse.device.resolve_device` with its error as a :class:`ConfigError` on ``--device``."""
+    try:
+        return _resolve_device(spec, local_rank)
+    except DeviceError as exc:
+        raise ConfigError("device", exc.problem) from exc
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
+            raise ConfigError(
+                "device", f"{spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
             )
         return device
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+    raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
 
 
 def init_distributed(device: str = "auto", *, timeout_s: float = 1800.0) -> DistContext:

@@ -13,10 +13,12 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
+
+from dynfuse.atomic import atomic_write_json
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -36,7 +40,7 @@ from .checkpoint import (
     load_model_state,
     restore_rng_state,
 )
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig, flag_name, resume_policy
 from .data import build_datasets, build_train_loader, build_val_loader, epoch_seed
 from .distributed import (
     DistContext,
@@ -48,7 +52,7 @@ from .distributed import (
     init_distributed,
 )
 from .metrics_log import MetricsLogger
-from .optim import PolyLR, build_optimizer
+from .optim import PolyLR, build_optimizer, poly_factor
 
 __all__ = ["Trainer", "build_model", "seed_everything"]
 
@@ -59,6 +63,7 @@ ScoreFn = Callable[[list[np.ndarray], list[np.ndarray]], dict[str, float]]
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CKPT_NAME = "checkpoint.pt"
 _FINAL_NAME = "final.pt"
+_CONFIG_NAME = "config.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -113,6 +118,34 @@ def default_scorer(config: TrainConfig) -> ScoreFn | None:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _same_folder(checkpoint: Path, out_dir: Path) -> bool:
+    return checkpoint.resolve().parent == out_dir.resolve()
+
+
+def _records_through(path: Path, iteration: int) -> int | None:
+    """How many leading records of a metrics file have ``iteration`` <= the given one."""
+    if not path.is_file():
+        return None
+    n = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if int(rec.get("iteration", 0)) > iteration:
+            break
+        n += 1
+    return n
+
+
+def _nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of parameters and floating buffers holding NaN or infinity."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def _param_fingerprint(model: nn.Module) -> str:
@@ -180,11 +213,25 @@ class Trainer:
         self.ctx = ctx if ctx is not None else init_distributed(config.device)
         self.device = self.ctx.device
         self.out_dir = Path(config.output_dir)
+        # Continuing the run in this folder, or starting one (from scratch or from a checkpoint
+        # elsewhere)? The latter needs an empty folder or --overwrite: checked before any work.
+        resume_path = None
+        if config.resume:
+            resume_path = self.checkpoint_path if config.resume == "auto" else Path(config.resume)
+        self._continuing = resume_path is not None and (
+            resume_path.is_file() and _same_folder(resume_path, self.out_dir))
+        if not self._continuing:
+            self._check_output_folder()
         # Same seed everywhere for the model; DDP also broadcasts rank 0's weights.
         seed_everything(config.seed)
         base = model if model is not None else build_model(config)
         if train_set is None or val_set is None:
-            built_train, built_val = build_datasets(config)
+            try:
+                built_train, built_val = build_datasets(config)
+            except (OSError, ValueError) as exc:
+                where = f" from {config.data_root!r}" if config.data_root else ""
+                raise ConfigError(None, f"cannot load the {config.dataset} data{where}: "
+                                        f"{exc}") from exc
             train_set = train_set if train_set is not None else built_train
             val_set = val_set if val_set is not None else built_val
         self.train_set, self.val_set = train_set, val_set
@@ -217,19 +264,84 @@ class Trainer:
         self.epoch = 0  # finished epochs
         self.iteration = 0  # finished optimiser steps
         self.history: list[dict[str, Any]] = []  # every log/val record of this process
-        resumed = self._resume(config.resume) if config.resume else False
-        if not resumed and self.checkpoint_path.is_file():
-            self._print(
-                f"note: {self.out_dir} holds a checkpoint of an earlier run; this new run replaces "
-                "it after its first epoch (use --resume auto to continue that run instead)"
-            )
-        # A resumed run appends to its log; a new one starts it afresh.
-        self.logger = MetricsLogger(self.out_dir, enabled=self.ctx.is_main,
-                                    tensorboard=config.tensorboard, fresh=not resumed)
-        if self.ctx.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "config.json", "w", encoding="utf-8") as f:
-                json.dump(config.to_dict(), f, indent=2)
+        self.finished = False  # resumed from a run that has nothing left to do
+        self._val_pending = False  # the resumed epoch's validation was due but not recorded
+        self._last_val: dict[str, Any] | None = None
+        self._config_changes: list[dict[str, Any]] = []
+        self._commit_pending = False  # a new run's files wait for its first checkpoint
+        self._config_written: dict[str, Any] | None = None  # what config.json holds
+        ckpt = self._resume(config.resume) if config.resume else None
+        if self.finished:
+            # Touch nothing: the folder describes the finished run.
+            self.logger = MetricsLogger(self.out_dir, enabled=False)
+            return
+        if ckpt is not None and self._continuing:
+            # The log goes on from the checkpoint; records of the replayed iterations are dropped.
+            keep = ckpt.get("metrics_records")
+            if not isinstance(keep, int) and self.ctx.is_main:
+                # A checkpoint of an older dynfuse (no record count): keep the records up to its
+                # iteration (it was saved after that epoch's validation).
+                keep = _records_through(self.out_dir / "metrics.jsonl", self.iteration)
+            self.logger = MetricsLogger(
+                self.out_dir, enabled=self.ctx.is_main, tensorboard=config.tensorboard,
+                keep_records=keep if isinstance(keep, int) else None,
+                purge_step=self.iteration + 1)
+            # config.json is rewritten with the next checkpoint (it describes what the folder's
+            # checkpoint ran; until then, that is still the resumed one's settings).
+        else:
+            # Nothing is written until the first checkpoint: killed before it, the folder still
+            # holds what it held (nothing, or the old run that --overwrite replaces).
+            self._commit_pending = True
+            self.logger = MetricsLogger(self.out_dir, enabled=self.ctx.is_main,
+                                        tensorboard=config.tensorboard, deferred=True)
+
+    def _check_output_folder(self) -> None:
+        """Refuse (on every rank) a new run in a non-empty output folder without ``overwrite``."""
+        problem = None
+        if self.ctx.is_main and self.out_dir.exists():
+            if not self.out_dir.is_dir():
+                problem = f"{str(self.out_dir)!r} exists and is not a folder"
+            else:
+                entries = sorted(p.name for p in self.out_dir.iterdir())
+                if entries and not self.config.overwrite:
+                    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+                    problem = (f"{str(self.out_dir)!r} is not empty ({shown}); pass --overwrite "
+                               "to replace the run in it, --resume auto to continue it, or "
+                               "choose another --output-dir")
+                elif entries:
+                    self._print(
+                        f"note: {self.out_dir} holds a checkpoint of an earlier run or other "
+                        "files; --overwrite: its run files are replaced when this run's first "
+                        "checkpoint lands (until then the old run stays as it was)"
+                        if (self.out_dir / _CKPT_NAME).is_file() or (self.out_dir / _FINAL_NAME).is_file()
+                        else f"note: {self.out_dir} is not empty; --overwrite: this run's files "
+                        "are written there when its first checkpoint lands"
+                    )
+        problem = all_gather_objects(self.ctx, problem)[0]
+        if problem:
+            raise ConfigError("output_dir", problem)
+
+    def _commit_new_run(self) -> None:
+        """Rank 0, at a new run's first checkpoint: replace an old run's files, then write this
+        run's ``config.json`` and the metrics kept so far. The checkpoint itself lands last."""
+        for name in (_FINAL_NAME, _CKPT_NAME, _CONFIG_NAME, "metrics.jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.out_dir / name).unlink()
+        if (self.out_dir / "tb").is_dir():
+            shutil.rmtree(self.out_dir / "tb")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self.logger.commit()
+
+    def _write_config(self) -> None:
+        """``config.json``: the settings of the run's checkpoint and every change made on a
+        resume. Written when a new run commits and after each checkpoint when it changed."""
+        data = self.config.to_dict()
+        if self._config_changes:
+            data["config_changes"] = self._config_changes
+        if data != self._config_written:
+            atomic_write_json(self.out_dir / _CONFIG_NAME, data)
+            self._config_written = data
 
     # ------------------------------------------------------------------ output helpers
     def _print(self, text: str) -> None:
@@ -261,23 +373,58 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / _CKPT_NAME
 
-    def _resume(self, resume: str) -> bool:
+    def _resume(self, resume: str) -> dict[str, Any] | None:
         """Load the state of ``resume`` (a path, or "auto": this run's checkpoint if present).
 
-        Returns whether a checkpoint was loaded.
+        Returns the checkpoint (with its path under ``"_path"``), or None when "auto" found none.
+        Sets :attr:`finished` when the checkpoint's run has nothing left to do.
+
+        Raises:
+            CheckpointError: unreadable checkpoint, or another model/backbone/class count.
+            ConfigError: settings that differ from the checkpoint's, without
+                ``allow_changed_config``.
         """
         path = self.checkpoint_path if resume == "auto" else Path(resume)
         if resume == "auto" and not path.is_file():
             self._print(f"no checkpoint at {path}; starting a new run")
-            return False
+            return None
         ckpt = load_checkpoint(path, map_location="cpu")
+        ckpt["_path"] = path
         saved = ckpt["config"]
-        for key in ("model", "backbone", "num_classes"):
+        for key in (f.name for f in fields(TrainConfig) if resume_policy(f.name) == "weights"):
             if saved.get(key) != getattr(self.config, key):
                 raise CheckpointError(
                     f"checkpoint {str(path)!r} was trained with {key}={saved.get(key)!r}, this "
                     f"run has {key}={getattr(self.config, key)!r}"
                 )
+        done = int(ckpt["epoch"])
+        if done >= self.config.epochs and not ckpt.get("val_pending", False):
+            self.finished = True
+            self.epoch, self.iteration = done, int(ckpt["iteration"])
+            return ckpt
+        changes = self._changed_settings(saved)
+        if changes and not self.config.allow_changed_config:
+            lines = "\n".join(f"  {flag_name(c['field'])}: {c['old']!r} (checkpoint) -> "
+                              f"{c['new']!r} (now)" for c in changes)
+            raise ConfigError(
+                None, f"cannot resume from {str(path)!r}: these settings differ from the "
+                f"checkpoint's:\n{lines}\nrerun with the checkpoint's values, or pass "
+                "--allow-changed-config to continue with the new ones"
+            )
+        load_model_state(_unwrap(self.model), ckpt["model"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: optimizer/scheduler state does not fit this run: {exc}"
+            ) from exc
+        self.epoch = done
+        self.iteration = int(ckpt["iteration"])
+        # The schedule spans the iterations done plus the remaining epochs at this run's batch.
+        self.max_iters = self.iteration + (self.config.epochs - self.epoch) * self.steps_per_epoch
         if saved.get("epochs") != self.config.epochs or ckpt.get("max_iters") != self.max_iters:
             # Changing the length of the run re-shapes the poly schedule; allowed, but say so.
             warnings.warn(
@@ -286,19 +433,19 @@ class Trainer:
                 "iterations): the learning-rate schedule is re-planned",
                 stacklevel=2,
             )
-        load_model_state(_unwrap(self.model), ckpt["model"])
-        try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-            self.scheduler.max_iters = self.max_iters
-            if ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r}: optimizer/scheduler state does not fit this run: {exc}"
-            ) from exc
-        self.epoch = int(ckpt["epoch"])
-        self.iteration = int(ckpt["iteration"])
+        if changes or self.scheduler.max_iters != self.max_iters:
+            self._apply_optimizer_settings()
+        self._val_pending = bool(ckpt.get("val_pending", False))
+        self._last_val = ckpt.get("last_val")
+        self._config_changes = list(ckpt.get("config_changes") or [])
+        if changes:
+            for c in changes:
+                self._config_changes.append({"epoch": self.epoch, "iteration": self.iteration, **c})
+            warnings.warn(
+                "resuming with changed settings (--allow-changed-config): "
+                + ", ".join(f"{c['field']} {c['old']!r} -> {c['new']!r}" for c in changes),
+                stacklevel=2,
+            )
         rng = ckpt["rng"]
         if isinstance(rng, list) and len(rng) == self.ctx.world_size:
             restore_rng_state(rng[self.ctx.rank])
@@ -311,7 +458,40 @@ class Trainer:
             )
             seed_everything(epoch_seed(self.config.seed, self.epoch, self.ctx.rank))
         self._print(f"resumed from {path} at epoch {self.epoch}, iteration {self.iteration}")
-        return True
+        return ckpt
+
+    def _changed_settings(self, saved: dict[str, Any]) -> list[dict[str, Any]]:
+        """Settings of this run that differ from a checkpoint's and that resume refuses by
+        default (policy "fixed"), as ``{"field", "old", "new"}`` dicts."""
+        defaults = TrainConfig().to_dict()  # checkpoints of older versions lack newer fields
+        changes = []
+        for f in fields(TrainConfig):
+            if resume_policy(f.name) != "fixed":
+                continue
+            old = saved.get(f.name, defaults[f.name])
+            new = getattr(self.config, f.name)
+            if old != new:
+                changes.append({"field": f.name, "old": old, "new": new})
+        return changes
+
+    def _apply_optimizer_settings(self) -> None:
+        """Put this config's lr, multiplier, momentum, weight decay and poly plan into the loaded
+        optimizer and scheduler (their state dicts carry the checkpoint's)."""
+        cfg = self.config
+        base_lrs: list[Any] = []
+        for group in self.optimizer.param_groups:
+            base = cfg.lr * cfg.head_lr_mult if group.get("name") == "head" else cfg.lr
+            group["initial_lr"] = base
+            group["momentum"] = cfg.momentum
+            group["weight_decay"] = cfg.weight_decay
+            base_lrs.append(base)
+        self.scheduler.base_lrs = base_lrs
+        self.scheduler.power = float(cfg.poly_power)
+        self.scheduler.max_iters = self.max_iters
+        factor = poly_factor(self.scheduler.last_epoch, self.max_iters, self.scheduler.power)
+        for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * factor
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _checkpoint_dict(self, rng_states: list[Any], fingerprints: list[str]) -> dict[str, Any]:
         return {
@@ -330,6 +510,12 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "param_fingerprints": fingerprints,
             "config": self.config.to_dict(),
+            "config_changes": self._config_changes,
+            # Validation of this epoch due but not yet done: a resume runs it first.
+            "val_pending": self._val_pending,
+            "last_val": self._last_val,
+            # metrics.jsonl records up to this state: a resume drops those written after it.
+            "metrics_records": self.logger.records,
             "torch_version": str(torch.__version__),
         }
 
@@ -337,18 +523,31 @@ class Trainer:
         """Write ``checkpoint.pt`` (and ``final.pt`` when ``final``) on rank 0; every rank calls it.
 
         Collects every rank's RNG state and a fingerprint of its parameters; ranks whose weights
-        differ (a DDP bug or nondeterministic reduction) raise instead of saving silently.
+        differ (a DDP bug or nondeterministic reduction) raise instead of saving silently, and
+        non-finite weights (a diverged run) raise instead of replacing the last good checkpoint.
+        A new run's first checkpoint also writes its ``config.json`` and ``metrics.jsonl``.
         """
+        bad = _nonfinite_tensors(_unwrap(self.model))
+        if bad:
+            raise FloatingPointError(
+                f"model weights are not finite after epoch {self.epoch} (iteration "
+                f"{self.iteration}; e.g. {bad[:3]}): not saved, {self.checkpoint_path} keeps the "
+                "last good epoch; lower --lr or use --amp off/bf16"
+            )
         rng_states = all_gather_objects(self.ctx, capture_rng_state())
         fingerprints = all_gather_objects(self.ctx, _param_fingerprint(self.model))
         if len(set(fingerprints)) != 1:
             raise RuntimeError(f"model parameters differ between ranks: {fingerprints}")
         path = None
         if self.ctx.is_main:
+            if self._commit_pending:
+                self._commit_new_run()
             ckpt = self._checkpoint_dict(rng_states, fingerprints)
             path = atomic_torch_save(ckpt, self.checkpoint_path)
+            self._write_config()  # after the checkpoint it describes (a no-op when unchanged)
             if final:
                 path = atomic_torch_save(ckpt, self.out_dir / _FINAL_NAME)
+        self._commit_pending = False
         barrier(self.ctx)
         return path
 
@@ -374,7 +573,7 @@ class Trainer:
         epoch_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
         t_epoch = t_window = time.perf_counter()
         images_window = 0
-        for batch in loader:
+        for step, batch in enumerate(loader, 1):
             images = batch["image"].to(self.device, non_blocking=True)
             edges = batch["edges"].to(self.device, non_blocking=True)
             valid = batch["valid"].to(self.device, non_blocking=True)
@@ -393,7 +592,7 @@ class Trainer:
             images_window += images.shape[0] * self.ctx.world_size
             if bar is not None:
                 bar.update(1)
-            last = self.iteration % self.steps_per_epoch == 0
+            last = step == self.steps_per_epoch
             if self.iteration % cfg.log_every == 0 or last:
                 stats = all_reduce_sum(self.ctx, window.clone())
                 mean_loss = float(stats[0] / stats[1])
@@ -469,6 +668,16 @@ class Trainer:
         if was_training:
             model.train()
         self._record("val", **metrics)
+        if not math.isfinite(metrics["loss"]):
+            if not self.epoch:
+                raise FloatingPointError(
+                    f"validation loss of the untrained model is {metrics['loss']}: check the "
+                    "data and --model-kw, or use --amp off")
+            raise FloatingPointError(
+                f"validation loss is {metrics['loss']} after epoch {self.epoch} (iteration "
+                f"{self.iteration}); {self.checkpoint_path} keeps epoch {self.epoch}'s weights, "
+                "no final.pt is written; lower --lr or use --amp off/bf16"
+            )
         return metrics
 
     def _describe_val(self, metrics: dict[str, float]) -> str:
@@ -488,16 +697,23 @@ class Trainer:
     ) -> dict[str, Any]:
         """Train from the current epoch to ``config.epochs``; returns the last metrics.
 
-        A checkpoint is written after every epoch (and ``final.pt`` at the end), so a killed run
-        loses at most the epoch in progress.
+        After every epoch the checkpoint is written first and the validation (when due) runs
+        after it, then a second save records the validation; ``final.pt`` is written only after
+        the last epoch's validation succeeded. A run killed at any moment therefore keeps every
+        finished epoch, and a resume re-runs a validation that did not finish.
 
         Args:
             validate_first: validate the model before training (the untrained baseline).
             max_epochs: stop after this many epochs in this call (a time-sliced job; the
                 schedule still spans ``config.epochs``); None trains to the end.
+
+        Raises:
+            FloatingPointError: a non-finite training or validation loss, or non-finite weights.
         """
         cfg = self.config
         last: dict[str, Any] = {}
+        if self.finished:
+            return last
         if validate_first and cfg.val_every > 0:
             metrics = self.validate()
             last["val_initial"] = metrics
@@ -510,6 +726,10 @@ class Trainer:
                 f"global batch {cfg.batch_size} on {self.ctx.world_size} process(es) "
                 f"({self.device}), amp={cfg.amp}"
             )
+        if self._val_pending:  # the resumed epoch's validation did not finish: run it now
+            metrics = self._validate_and_record()
+            last["val"] = metrics
+            self._print(f"epoch {self.epoch}/{cfg.epochs} (resumed)  " + self._describe_val(metrics))
         stop_at = cfg.epochs if max_epochs is None else min(cfg.epochs, self.epoch + max_epochs)
         while self.epoch < stop_at:
             summary = self.train_one_epoch()
@@ -519,14 +739,25 @@ class Trainer:
             due = cfg.val_every > 0 and (
                 self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs
             )
+            self._val_pending = due
+            self.save_checkpoint(final=self.epoch == cfg.epochs and not due)
             if due:
-                metrics = self.validate()
+                metrics = self._validate_and_record()
                 last["val"] = metrics
                 line += "  " + self._describe_val(metrics)
             self._print(line)
-            self.save_checkpoint(final=self.epoch == cfg.epochs)
             self.logger.flush()
         return last
+
+    def _validate_and_record(self) -> dict[str, Any]:
+        """Validate the epoch just saved, then save again with the result (and ``final.pt``
+        after the last epoch)."""
+        metrics = self.validate()
+        self._last_val = {"epoch": self.epoch, "iteration": self.iteration,
+                          **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        self._val_pending = False
+        self.save_checkpoint(final=self.epoch == self.config.epochs)
+        return metrics
 
     def close(self) -> None:
         """Close log files and the process group this trainer created."""
