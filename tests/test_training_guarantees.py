@@ -126,7 +126,7 @@ BAD_FLAGS = {
     "backbone": (["--backbone", "resnet18"], "unknown backbone 'resnet18'"),
     "timm-backbone": (["--backbone", "timm:no_such_net"], "Unknown model (no_such_net)"),
     "learner": (["--model-kw", "learner=bogus"], "learner must be one of"),
-    "model-kw-key": (["--model-kw", "bogus=1"], "unexpected keyword argument 'bogus'"),
+    "model-kw-key": (["--model-kw", "bogus=1"], "unknown option(s) ['bogus']"),
     "model-kw-form": (["--model-kw", "learner"], "argument --model-kw: expects KEY=VALUE"),
     "big-batch": (["--batch-size", "16"], "argument --batch-size: (global) must be at most the "
                                           "training set's 8 items, got 16"),

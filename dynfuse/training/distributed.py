@@ -73,12 +73,6 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         return _resolve_device(spec, local_rank)
     except DeviceError as exc:
         raise ConfigError("device", exc.problem) from exc
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                "device", f"{spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
-            )
-        return device
-    raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
 
 
 def init_distributed(device: str = "auto", *, timeout_s: float = 1800.0) -> DistContext:
