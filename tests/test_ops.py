@@ -263,3 +263,33 @@ def test_compile_fullgraph_lean_path(weights_shape):
         results.append([out] + [t.grad for t in leaves])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_import_dynfuse_does_not_load_triton_or_the_compiler():
+    """``import dynfuse`` stays cheap: Triton, torch._inductor and torch._dynamo (about 2 s on CPU) are
+    loaded on the first Triton call, or by ``load_triton_ops()``, which registers the custom ops.
+    Timing lives in benchmarks/bench_import.py; this checks the cause, in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "before = set(sys.modules)\n"
+        "import dynfuse, dynfuse.ops, dynfuse.layers, dynfuse.heads, dynfuse.models\n"
+        "heavy = ('triton', 'torch._inductor', 'torch._dynamo')\n"
+        "loaded = [m for m in heavy if m in sys.modules and m not in before]\n"
+        "assert not loaded, f'import dynfuse loaded {loaded}'\n"
+        "from dynfuse.ops import load_triton_ops, triton_available\n"
+        "triton_available()\n"
+        "assert 'triton' not in sys.modules\n"
+        "if dynfuse.ops.triton_mode.TRITON_INSTALLED:\n"
+        "    load_triton_ops()\n"
+        "    assert callable(torch.ops.dynfuse.fusion_forward)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
