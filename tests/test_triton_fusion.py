@@ -316,6 +316,35 @@ def test_changing_triton_interpret_after_import_is_refused():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@needs_triton
+def test_first_triton_call_inside_torch_compile_registers_ops_without_graph_break():
+    """The Triton backend is imported on first use; when that first use is inside a
+    ``torch.compile(fullgraph=True)`` trace, Dynamo runs the import and the op lands in the one graph.
+    Traced on CPU tensors (a capturing compiler backend stops before anything runs), in a fresh
+    interpreter so that the backend is not imported yet."""
+    code = (
+        "import sys, torch\n"
+        "from dynfuse.ops import dynamic_fuse\n"
+        "assert 'dynfuse.ops.triton_backend' not in sys.modules\n"
+        "graphs = []\n"
+        "class Captured(Exception): pass\n"
+        "def capture(gm, example_inputs):\n"
+        "    graphs.append(gm.code)\n"
+        "    raise Captured\n"
+        "def f(a, c, w):\n"
+        "    return dynamic_fuse(a, c, w, activation='softmax', backend='triton')\n"
+        "a, c, w = torch.randn(2, 3, 4, 5), torch.randn(2, 2, 4, 5), torch.randn(2, 9, 4, 5)\n"
+        "try:\n"
+        "    torch.compile(f, fullgraph=True, backend=capture)(a, c, w)\n"
+        "except Exception as e:\n"
+        "    assert 'Captured' in repr(e) or isinstance(e.__cause__, Captured), repr(e)[-3000:]\n"
+        "assert 'dynfuse.ops.triton_backend' in sys.modules\n"
+        "assert len(graphs) == 1 and 'torch.ops.dynfuse.fusion_forward' in graphs[0], graphs\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU tier
 # ------------------------------------------------------------------------------------------------
