@@ -293,3 +293,17 @@ def test_import_dynfuse_does_not_load_triton_or_the_compiler():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_lean_path_does_not_import_the_oracle_module():
+    """The fast path and the oracle it is tested against stay independent: ops/lean.py takes its
+    shared helpers from ops/utils.py, never from ops/reference.py."""
+    import ast
+    from pathlib import Path
+
+    import dynfuse.ops.lean as lean
+
+    tree = ast.parse(Path(lean.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "reference" not in imported and "dynfuse.ops.reference" not in imported, imported
+    assert "utils" in imported
