@@ -6,7 +6,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo quickstart test lint bench
+.PHONY: install demo quickstart test test-interpreter lint bench
 
 install: $(VENV)/.installed
 
@@ -23,8 +23,14 @@ demo: install
 quickstart: install
 	$(PY) examples/quickstart.py
 
+# The Triton interpreter tier is its own pytest process: Triton fixes its mode (compiled or CPU
+# interpreter) once per process, from TRITON_INTERPRET at start-up; the main run deselects it.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-interpreter
+
+test-interpreter: install
+	TRITON_INTERPRET=1 $(PY) -m pytest $(PYTEST_ARGS) -m interpreter
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fusion_oracle import oracle_fuse, oracle_grads
+from fusion_oracle import FORMS, LAYOUTS, make_inputs, oracle_fuse, oracle_grads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynfuse.ops import authors_fuse, dynamic_fuse, resolve_backend, shared_concat
 
 BACKENDS = ["reference", "torch"]
-FORMS = ["adaptive", "invariant", "fixed"]
-
-
-def make_inputs(b, k, s, h, w, form, dtype=torch.float32, non_contiguous=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape):
-        # Non-zero, varied values: randn offset away from 0 so a dropped term shows.
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) + 0.5).to(dtype)
-
-    wshape = {"adaptive": (b, k, s + 1, h, w), "invariant": (b, k, s + 1), "fixed": (k, s + 1)}[form]
-    side5, sides, weights = rnd(b, k, h, w), rnd(b, s, h, w), rnd(*wshape)
-    if non_contiguous:
-        # Same values, strided storage: transposed copies transposed back.
-        side5 = side5.transpose(-1, -2).contiguous().transpose(-1, -2)
-        sides = sides.transpose(0, 1).contiguous().transpose(0, 1)
-        weights = weights.transpose(0, -1).contiguous().transpose(0, -1)
-        assert not side5.is_contiguous() or min(h, w) == 1
-    return side5, sides, weights
 
 
 def run_backend(backend, side5, sides, weights, grad, activation):
@@ -84,12 +65,12 @@ def test_gradcheck_torch_backend(form, activation):
     w=st.integers(1, 9),
     form=st.sampled_from(FORMS),
     activation=st.sampled_from([None, "softmax"]),
-    non_contiguous=st.booleans(),
+    layout=st.sampled_from(LAYOUTS),
     backend=st.sampled_from(BACKENDS),
     seed=st.integers(0, 2**16),
 )
-def test_hypothesis_shapes(b, k, s, h, w, form, activation, non_contiguous, backend, seed):
-    side5, sides, weights = make_inputs(b, k, s, h, w, form, non_contiguous=non_contiguous, seed=seed)
+def test_hypothesis_shapes(b, k, s, h, w, form, activation, layout, backend, seed):
+    side5, sides, weights = make_inputs(b, k, s, h, w, form, layout=layout, seed=seed)
     grad = torch.randn(b, k, h, w, generator=torch.Generator().manual_seed(seed)) + 0.25
     out, grads = run_backend(backend, side5, sides, weights, grad, activation)
     torch.testing.assert_close(
@@ -162,14 +143,29 @@ def test_shared_concat_channel_order():
         torch.testing.assert_close(cat[:, 3 * k + 2], sides[:, 1])
 
 
-def test_flat_learner_output_reshapes_to_adaptive_form():
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", [None, "softmax"])
+def test_flat_learner_weights_match_the_5d_form(backend, activation):
+    """Flat (B, K*(S+1), H, W) weights (a learner's natural output, channel k*(S+1) + j = input j of
+    class k) give the same output as their (B, K, S+1, H, W) view, and a flat gradient."""
     b, k, s, h, w = 2, 3, 3, 4, 5
-    side5, sides, _ = make_inputs(b, k, s, h, w, "adaptive")
-    flat = torch.randn(b, k * (s + 1), h, w)
+    side5, sides, weights5 = make_inputs(b, k, s, h, w, "adaptive")
+    flat = weights5.reshape(b, k * (s + 1), h, w)
+    grad = torch.randn(b, k, h, w) + 0.25
+    out, (d5, ds, dflat) = run_backend(backend, side5, sides, flat, grad, activation)
+    want_out, (w5, ws, ww) = run_backend(backend, side5, sides, weights5, grad, activation)
+    assert dflat.shape == flat.shape
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    for got, want in ((d5, w5), (ds, ws), (dflat, ww.reshape(flat.shape))):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # And against the literal concatenation read channel by channel.
     cat = shared_concat(side5, sides)
-    want = (cat * flat).view(b, k, s + 1, h, w).sum(2)
-    got = dynamic_fuse(side5, sides, flat.view(b, k, s + 1, h, w), backend="torch")
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if activation is None:
+        want = (cat * flat).view(b, k, s + 1, h, w).sum(2)
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    # A channels_last learner output (what a conv gives under channels_last) works too.
+    flat_cl = flat.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(run_backend(backend, side5, sides, flat_cl, grad, activation)[0], out)
 
 
 def test_autocast_casts_inputs_to_autocast_dtype():
@@ -184,6 +180,12 @@ def test_backend_resolution():
     assert resolve_backend("torch", torch.device("cpu")) == "torch"
     assert resolve_backend("reference", torch.device("cpu")) == "reference"
     assert resolve_backend("auto", torch.device("cpu")) in {"torch", "triton"}
+    # float64 never runs the float32 kernels: the backend reported is the one that runs.
+    for device in ("cpu", "cuda"):
+        for backend in ("auto", "triton"):
+            assert resolve_backend(backend, torch.device(device), torch.float64) == "torch"
+        assert resolve_backend("reference", torch.device(device), torch.float64) == "reference"
+    assert resolve_backend("triton", torch.device("cuda"), torch.bfloat16) == "triton"
 
 
 @pytest.mark.parametrize(
@@ -198,6 +200,7 @@ def test_backend_resolution():
         (lambda a, c, w: (a, c, w[:, :, :, 0, 0][:, :2]), ValueError, ["invariant weights", "(2, 3, 4)"]),
         (lambda a, c, w: (a, c, w[0, :, :3, 0, 0]), ValueError, ["fixed weights", "(3, 4)"]),
         (lambda a, c, w: (a, c, w[..., 0]), ValueError, ["weights", "4-D"]),
+        (lambda a, c, w: (a, c, w.flatten(1, 2)[:, :-1]), ValueError, ["flat (4-D)", "(2, 12, 4, 5)"]),
         (lambda a, c, w: (a, c.double(), w), TypeError, ["sides", "float64", "float32"]),
         (lambda a, c, w: (a, c, w.half()), TypeError, ["weights", "float16"]),
         (lambda a, c, w: (a.long(), c, w), TypeError, ["side5", "floating", "int64"]),
@@ -235,3 +238,72 @@ def test_unknown_backend_or_activation(kwargs, words):
         dynamic_fuse(side5, sides, weights, **kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("weights_shape", ["flat", "adaptive", "invariant", "fixed"])
+def test_compile_fullgraph_lean_path(weights_shape):
+    """backend="auto" on CPU (the lean path, with its einops reshapes) traces into one graph, forward
+    and backward; "aot_eager" gives the same no-graph-break guarantee as inductor, fast."""
+    torch._dynamo.reset()
+    b, k, s, h, w = 2, 3, 2, 4, 5
+    form = "adaptive" if weights_shape == "flat" else weights_shape
+    side5, sides, weights = make_inputs(b, k, s, h, w, form)
+    if weights_shape == "flat":
+        weights = weights.reshape(b, k * (s + 1), h, w)
+
+    def fuse(a, c, wt):
+        return dynamic_fuse(a, c, wt, activation="softmax")
+
+    compiled = torch.compile(fuse, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (compiled, fuse):
+        leaves = [t.clone().requires_grad_() for t in (side5, sides, weights)]
+        out = fn(*leaves)
+        (out**2).sum().backward()  # the backward graph AOT autograd compiled with the forward
+        results.append([out] + [t.grad for t in leaves])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_import_dynfuse_does_not_load_triton_or_the_compiler():
+    """``import dynfuse`` stays cheap: Triton, torch._inductor and torch._dynamo (about 2 s on CPU) are
+    loaded on the first Triton call, or by ``load_triton_ops()``, which registers the custom ops.
+    Timing lives in benchmarks/bench_import.py; this checks the cause, in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "before = set(sys.modules)\n"
+        "import dynfuse, dynfuse.ops, dynfuse.layers, dynfuse.heads, dynfuse.models\n"
+        "heavy = ('triton', 'torch._inductor', 'torch._dynamo')\n"
+        "loaded = [m for m in heavy if m in sys.modules and m not in before]\n"
+        "assert not loaded, f'import dynfuse loaded {loaded}'\n"
+        "from dynfuse.ops import load_triton_ops, triton_available\n"
+        "triton_available()\n"
+        "assert 'triton' not in sys.modules\n"
+        "if dynfuse.ops.triton_mode.TRITON_INSTALLED:\n"
+        "    load_triton_ops()\n"
+        "    assert callable(torch.ops.dynfuse.fusion_forward)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_lean_path_does_not_import_the_oracle_module():
+    """The fast path and the oracle it is tested against stay independent: ops/lean.py takes its
+    shared helpers from ops/utils.py, never from ops/reference.py."""
+    import ast
+    from pathlib import Path
+
+    import dynfuse.ops.lean as lean
+
+    tree = ast.parse(Path(lean.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "reference" not in imported and "dynfuse.ops.reference" not in imported, imported
+    assert "utils" in imported

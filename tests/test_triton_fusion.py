@@ -2,31 +2,31 @@
 
 Two tiers run the same checks:
 
-* ``interpreter``: the real kernels under ``TRITON_INTERPRET=1`` on CPU tensors (CI, no GPU), small
-  float32 shapes. The variable is set per test (``dynfuse.ops.triton_kernels.get_kernels`` wraps the
-  kernels with ``triton.jit`` for the mode in force when it is called, so this works after Triton was
-  imported without it).
+* ``interpreter``: the real kernels under the CPU interpreter, on CPU tensors (CI, no GPU), small
+  shapes. Triton decides the mode once per process, so this tier is its own pytest process:
+  ``TRITON_INTERPRET=1 pytest -m interpreter`` (``make test`` runs it after the main suite; the main
+  process deselects these tests, see ``tests/conftest.py``).
 * ``gpu``: CUDA tensors, float32 / bfloat16 / float16, determinism, large tensors, autocast and
   ``torch.compile(fullgraph=True)``; skipped without CUDA.
 
-Every output the backend allocates is filled with NaN first (``_allocate`` hook), so an element a
-kernel never writes fails the comparison.
+Comparisons are element-wise (``torch.testing.assert_close``), so one wrong pixel fails. Every output
+the backend allocates is filled with NaN first (``_allocate`` hook), so an element a kernel never
+writes fails the comparison.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from fusion_oracle import oracle_fuse, oracle_grads
+from fusion_oracle import make_inputs, oracle_fuse, oracle_grads
 
-from dynfuse.ops import dynamic_fuse
+from dynfuse.ops import dynamic_fuse, resolve_backend, triton_mode
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_TRITON = triton_mode.TRITON_INSTALLED
 HAS_CUDA = torch.cuda.is_available()
 
 if HAS_TRITON:
@@ -36,11 +36,16 @@ else:  # pragma: no cover - exercised only where Triton is missing
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 needs_cuda = pytest.mark.skipif(not (HAS_TRITON and HAS_CUDA), reason="needs CUDA and triton")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-WSHAPE = {
-    "adaptive": lambda b, k, s, h, w: (b, k, s + 1, h, w),
-    "invariant": lambda b, k, s, h, w: (b, k, s + 1),
-    "fixed": lambda b, k, s, h, w: (k, s + 1),
+# Element-wise tolerances, |got - want| <= atol * scale + rtol * |want| with scale = max(1, max|want|)
+# of the tensor: the kernels accumulate in float32 (error relative to the largest terms summed) and
+# round once to the output dtype (relative to each value: 1 ulp is 2^-7 for bfloat16, 2^-10 for
+# float16, relative; 2 ulps allowed). The oracle runs in float64 on the same rounded inputs.
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+    torch.float16: dict(rtol=2e-3, atol=1e-3),
 }
 
 
@@ -55,41 +60,9 @@ def poison(monkeypatch):
 
 
 @pytest.fixture
-def interpret(monkeypatch, poison):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-def make_inputs(b, k, s, h, w, form, *, layout="contiguous", device="cpu", dtype=torch.float32,
-                seed=0):
-    """Random inputs away from 0 in one of several memory layouts (same values for every layout).
-
-    layouts: "contiguous"; "sliced" (channel slices of wider tensors, W-strided weights);
-    "channels_last"; "transposed" (H and W swapped in memory: not flattenable, copied by the host).
-    """
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64) + 0.3
-
-    side5, sides, weights = rnd(b, k, h, w), rnd(b, s, h, w), rnd(*WSHAPE[form](b, k, s, h, w))
-    tensors = [side5, sides, weights]
-    tensors = [t.to(device=device, dtype=dtype) for t in tensors]
-    if layout == "sliced":
-        def slice_of(t, dim):
-            big = torch.cat([t, torch.zeros_like(t)], dim=dim)
-            return big.narrow(dim, 0, t.shape[dim])
-
-        tensors = [slice_of(tensors[0], 1), slice_of(tensors[1], 0), slice_of(tensors[2], 1)]
-    elif layout == "channels_last":
-        tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last)
-        tensors[1] = tensors[1].contiguous(memory_format=torch.channels_last)
-        # Weights with the (S+1) / class axes innermost in memory.
-        wt = tensors[2]
-        tensors[2] = wt.transpose(0, -1).contiguous().transpose(0, -1)
-    elif layout == "transposed":
-        tensors = [t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() >= 4 else t
-                   for t in tensors]
-    return tensors
+def interpret(poison):
+    """The interpreter tier's tests run in a process started with TRITON_INTERPRET=1."""
+    assert triton_mode.INTERPRET, "run the interpreter tier as: TRITON_INTERPRET=1 pytest -m interpreter"
 
 
 def run(side5, sides, weights, grad, activation, backend="triton"):
@@ -99,24 +72,26 @@ def run(side5, sides, weights, grad, activation, backend="triton"):
     return out, grads
 
 
-def rel_err(got, want):
-    got, want = got.double().cpu(), want.double().cpu()
-    if torch.isnan(got).any():
-        return float("inf")
-    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+def assert_matches(got, want, dtype, name):
+    """``got`` equals the float64 ``want`` element-wise within the tolerance of ``dtype`` (above)."""
+    want = want.double().cpu()
+    tol = TOL[dtype]
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    torch.testing.assert_close(
+        got.detach().double().cpu(), want, rtol=tol["rtol"], atol=tol["atol"] * scale, msg=name
+    )
 
 
-def check_against_oracle(side5, sides, weights, grad, activation, tol):
+def check_against_oracle(side5, sides, weights, grad, activation):
     out, grads = run(side5, sides, weights, grad, activation)
     assert out.dtype == side5.dtype and out.shape == side5.shape
     cpu = [t.detach().cpu().double() for t in (side5, sides, weights, grad)]
-    want = oracle_fuse(*cpu[:3], activation)
-    assert rel_err(out, want) < tol, ("forward", rel_err(out, want))
+    assert_matches(out, oracle_fuse(*cpu[:3], activation), side5.dtype, "forward")
     wgrads = oracle_grads(*cpu, activation)
     for name, got, wg, inp in zip(("side5", "sides", "weights"), grads, wgrads, (side5, sides,
                                   weights), strict=True):
         assert got.shape == inp.shape and got.dtype == inp.dtype, name
-        assert rel_err(got, wg) < tol, (name, rel_err(got, wg))
+        assert_matches(got, wg, inp.dtype, f"d {name}")
 
 
 # (B, K, S, H, W, form, activation, layout): K=1 and K=19, S=1 and 3, every form, softmax on/off,
@@ -152,7 +127,7 @@ def test_interpreter_matches_oracle(case, interpret, small_blocks):
     b, k, s, h, w, form, activation, layout = case
     side5, sides, weights = make_inputs(b, k, s, h, w, form, layout=layout)
     grad = torch.randn(b, k, h, w) + 0.2
-    check_against_oracle(side5, sides, weights, grad, activation, tol=1e-5)
+    check_against_oracle(side5, sides, weights, grad, activation)
 
 
 @needs_triton
@@ -166,15 +141,58 @@ def test_interpreter_default_blocks_and_odd_gradients(form, interpret):
     out = dynamic_fuse(*leaves, activation="softmax", backend="triton")
     got = torch.autograd.grad(out.sum(), leaves)
     want = oracle_grads(side5, sides, weights, torch.ones(b, k, h, w), "softmax")
-    for g_, w_ in zip(got, want, strict=True):
-        assert rel_err(g_, w_) < 1e-5
+    for name, g_, w_ in zip(("side5", "sides", "weights"), got, want, strict=True):
+        assert_matches(g_, w_, torch.float32, f"d {name} of sum()")
 
     strided = (torch.randn(b, k, h, 2 * w) + 0.2)[..., ::2]
     out = dynamic_fuse(*leaves, backend="triton")
     got = torch.autograd.grad(out, leaves, strided)
     want = oracle_grads(side5, sides, weights, strided, None)
-    for g_, w_ in zip(got, want, strict=True):
-        assert rel_err(g_, w_) < 1e-5
+    for name, g_, w_ in zip(("side5", "sides", "weights"), got, want, strict=True):
+        assert_matches(g_, w_, torch.float32, f"d {name}, W-strided gradient")
+
+
+# Sizes around the default block (block_config: 1024 pixels for bfloat16 / float16 with S+1 <= 4,
+# and with S+1 = 5..8, where float32 gets 512): one full block plus a ragged tail, and one pixel
+# short of a block.
+HALF_TAIL_CASES = [
+    (torch.bfloat16, 1, 2, 3, 29, 37, "adaptive", "softmax"),  # 1073 = 1024 + 49
+    (torch.bfloat16, 2, 3, 4, 31, 33, "adaptive", None),  # S+1 = 5: 1023 = 1024 - 1
+    (torch.bfloat16, 1, 2, 4, 25, 43, "invariant", "softmax"),  # 1075 = 1024 + 51
+    (torch.float16, 1, 2, 3, 41, 27, "fixed", None),  # 1107 = 1024 + 83
+]
+
+
+@needs_triton
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    "case", HALF_TAIL_CASES, ids=lambda c: f"{str(c[0]).split('.')[-1]}-{c[6]}-S{c[3]}-{c[4]}x{c[5]}"
+)
+def test_interpreter_half_precision_block_tails(case, interpret):
+    dtype, b, k, s, h, w, form, activation = case
+    block, _ = triton_backend.block_config(1 << s.bit_length(), h * w, 2)
+    assert block == 1024 and h * w % block != 0
+    side5, sides, weights = make_inputs(b, k, s, h, w, form, dtype=dtype)
+    grad = (torch.randn(b, k, h, w) + 0.2).to(dtype)
+    check_against_oracle(side5, sides, weights, grad, activation)
+
+
+@needs_triton
+@pytest.mark.interpreter
+@pytest.mark.parametrize("activation", [None, "softmax"])
+def test_interpreter_flat_learner_weights(activation, interpret, small_blocks):
+    """Flat (B, K*(S+1), H, W) weights run the kernels like their 5-D view; the gradient is flat."""
+    b, k, s, h, w = 2, 3, 3, 5, 7
+    side5, sides, weights5 = make_inputs(b, k, s, h, w, "adaptive")
+    flat = weights5.reshape(b, k * (s + 1), h, w)
+    grad = torch.randn(b, k, h, w) + 0.2
+    out, (d5, ds, dflat) = run(side5, sides, flat, grad, activation)
+    assert dflat.shape == flat.shape
+    wg = oracle_grads(side5, sides, weights5, grad, activation)
+    assert_matches(out, oracle_fuse(side5, sides, weights5, activation), torch.float32, "forward")
+    for name, got, want in (("side5", d5, wg[0]), ("sides", ds, wg[1]),
+                            ("weights", dflat, wg[2].reshape(flat.shape))):
+        assert_matches(got, want, torch.float32, f"d {name}")
 
 
 @needs_triton
@@ -184,9 +202,9 @@ def test_interpreter_wide_offsets_path(interpret, small_blocks, monkeypatch):
     same thing; the real large-tensor case runs in the GPU tier."""
     monkeypatch.setattr(triton_backend, "_needs_wide", lambda *tensors: True)
     side5, sides, weights = make_inputs(2, 3, 3, 5, 7, "adaptive", layout="sliced")
-    check_against_oracle(side5, sides, weights, torch.randn(2, 3, 5, 7), "softmax", tol=1e-5)
+    check_against_oracle(side5, sides, weights, torch.randn(2, 3, 5, 7), "softmax")
     side5, sides, weights = make_inputs(2, 3, 3, 5, 7, "invariant")
-    check_against_oracle(side5, sides, weights, torch.randn(2, 3, 5, 7), None, tol=1e-5)
+    check_against_oracle(side5, sides, weights, torch.randn(2, 3, 5, 7), None)
 
 
 @needs_triton
@@ -203,21 +221,22 @@ def test_interpreter_broadcast_gradients_are_bitwise_deterministic(form, interpr
 
 @needs_triton
 @pytest.mark.interpreter
-def test_interpreter_auto_resolves_to_triton_and_float64_falls_back(interpret, monkeypatch):
+def test_interpreter_auto_resolves_to_triton_and_float64_runs_lean(interpret, monkeypatch):
     calls = []
     real = triton_backend._launch
 
-    def spy(kernel, grid, *args, **kwargs):
-        calls.append(args[0].dtype)
-        return real(kernel, grid, *args, **kwargs)
+    def spy(kernel, grid, **kwargs):
+        calls.append(kwargs["side5_ptr"].dtype)
+        return real(kernel, grid, **kwargs)
 
     monkeypatch.setattr(triton_backend, "_launch", spy)
     side5, sides, weights = make_inputs(1, 2, 3, 4, 5, "adaptive")
+    assert resolve_backend("auto", side5.device, side5.dtype) == "triton"
     out = dynamic_fuse(side5, sides, weights)  # backend="auto"
-    torch.testing.assert_close(out.double(), oracle_fuse(side5, sides, weights), rtol=1e-5,
-                               atol=1e-5)
-    # float64 takes the lean torch path inside triton_fuse (exact in float64).
+    assert_matches(out, oracle_fuse(side5, sides, weights), torch.float32, "forward")
+    # float64 resolves to the lean torch path (exact in float64), also when "triton" is asked for.
     d = make_inputs(1, 2, 3, 2, 3, "adaptive", dtype=torch.float64)
+    assert resolve_backend("triton", d[0].device, torch.float64) == "torch"
     out64 = dynamic_fuse(*d, activation="softmax", backend="triton")
     assert out64.dtype == torch.float64
     torch.testing.assert_close(out64, oracle_fuse(*d, "softmax"), rtol=1e-12, atol=1e-12)
@@ -231,29 +250,41 @@ def test_interpreter_auto_resolves_to_triton_and_float64_falls_back(interpret, m
 
 @needs_triton
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    side5, sides, weights = make_inputs(1, 2, 3, 4, 5, "adaptive")
-    with pytest.raises(RuntimeError, match="CUDA tensors"):
-        dynamic_fuse(side5, sides, weights, backend="triton")
+    monkeypatch.setattr(triton_mode, "INTERPRET", False)
+    for dtype in (torch.float32, torch.float64):  # float64 would run "torch", but was asked "triton"
+        side5, sides, weights = make_inputs(1, 2, 3, 4, 5, "adaptive", dtype=dtype)
+        with pytest.raises(RuntimeError, match="CUDA tensors"):
+            dynamic_fuse(side5, sides, weights, backend="triton")
 
 
 @needs_triton
 def test_triton_missing_raises_clear_error(monkeypatch):
-    monkeypatch.setattr(triton_backend, "_triton_installed", lambda: False)
+    monkeypatch.setattr(triton_mode, "TRITON_INSTALLED", False)
     side5, sides, weights = make_inputs(1, 2, 3, 4, 5, "adaptive")
     with pytest.raises(RuntimeError, match="needs the 'triton' package"):
-        triton_backend.triton_fuse(side5, sides, weights, "adaptive", None)
-    assert triton_backend.is_available() is False
+        dynamic_fuse(side5, sides, weights, backend="triton")
+    assert triton_mode.is_available() is False
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+
+
+def _python(code: str, interpret: bool | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter on this checkout, TRITON_INTERPRET unset (or set to 1)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_package_imports_and_reports_without_triton():
-    """With Triton unimportable, dynfuse imports, is_available() is False and backend="triton"
+    """With Triton unimportable, dynfuse imports, triton_available() is False and backend="triton"
     names the missing package (run in a fresh interpreter where ``triton`` is blocked)."""
     code = (
         "import sys; sys.modules['triton'] = None\n"
         "import torch, dynfuse\n"
-        "from dynfuse.ops import dynamic_fuse, triton_backend\n"
-        "assert triton_backend.is_available() is False\n"
+        "from dynfuse.ops import dynamic_fuse, triton_available\n"
+        "assert triton_available() is False\n"
         "a, c, w = torch.ones(1, 2, 3, 3), torch.ones(1, 1, 3, 3), torch.ones(2, 2)\n"
         "assert dynamic_fuse(a, c, w).shape == (1, 2, 3, 3)\n"  # auto -> torch
         "try:\n"
@@ -263,18 +294,60 @@ def test_package_imports_and_reports_without_triton():
         "else:\n"
         "    raise SystemExit('no error')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = _python(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@needs_triton
+def test_changing_triton_interpret_after_import_is_refused():
+    """The Triton mode is decided once per process: flipping TRITON_INTERPRET between ``import
+    dynfuse`` and the first Triton call gives an error that says so, not a confusing failure."""
+    code = (
+        "import os, dynfuse\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "try:\n"
+        "    import dynfuse.ops.triton_backend\n"
+        "except RuntimeError as e:\n"
+        "    assert 'TRITON_INTERPRET changed after dynfuse was imported' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@needs_triton
+def test_first_triton_call_inside_torch_compile_registers_ops_without_graph_break():
+    """The Triton backend is imported on first use; when that first use is inside a
+    ``torch.compile(fullgraph=True)`` trace, Dynamo runs the import and the op lands in the one graph.
+    Traced on CPU tensors (a capturing compiler backend stops before anything runs), in a fresh
+    interpreter so that the backend is not imported yet."""
+    code = (
+        "import sys, torch\n"
+        "from dynfuse.ops import dynamic_fuse\n"
+        "assert 'dynfuse.ops.triton_backend' not in sys.modules\n"
+        "graphs = []\n"
+        "class Captured(Exception): pass\n"
+        "def capture(gm, example_inputs):\n"
+        "    graphs.append(gm.code)\n"
+        "    raise Captured\n"
+        "def f(a, c, w):\n"
+        "    return dynamic_fuse(a, c, w, activation='softmax', backend='triton')\n"
+        "a, c, w = torch.randn(2, 3, 4, 5), torch.randn(2, 2, 4, 5), torch.randn(2, 9, 4, 5)\n"
+        "try:\n"
+        "    torch.compile(f, fullgraph=True, backend=capture)(a, c, w)\n"
+        "except Exception as e:\n"
+        "    assert 'Captured' in repr(e) or isinstance(e.__cause__, Captured), repr(e)[-3000:]\n"
+        "assert 'dynfuse.ops.triton_backend' in sys.modules\n"
+        "assert len(graphs) == 1 and 'torch.ops.dynfuse.fusion_forward' in graphs[0], graphs\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------------------
 # GPU tier
 # ------------------------------------------------------------------------------------------------
-GPU_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 GPU_CASES = [
     (2, 19, 3, 37, 45, "adaptive", None, "contiguous"),
     (2, 19, 3, 37, 45, "adaptive", "softmax", "sliced"),
@@ -289,14 +362,14 @@ GPU_CASES = [
 
 @needs_cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", list(GPU_TOL), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("dtype", list(TOL), ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
 def test_gpu_matches_oracle(case, dtype, poison):
     b, k, s, h, w, form, activation, layout = case
     side5, sides, weights = make_inputs(b, k, s, h, w, form, layout=layout, device="cuda",
                                         dtype=dtype)
     grad = (torch.randn(b, k, h, w, device="cuda") + 0.2).to(dtype)
-    check_against_oracle(side5, sides, weights, grad, activation, tol=GPU_TOL[dtype])
+    check_against_oracle(side5, sides, weights, grad, activation)
 
 
 @needs_cuda
@@ -322,12 +395,13 @@ def test_gpu_autocast_runs_in_autocast_dtype():
         out = dynamic_fuse(*leaves, activation="softmax", backend="triton")
     assert out.dtype == torch.float16
     got = torch.autograd.grad(out, leaves, grad.half())
-    cpu = [t.detach().cpu().double() for t in (side5, sides, weights)]
-    assert rel_err(out, oracle_fuse(*cpu, "softmax")) < 2e-3
-    for g_, inp, w_ in zip(got, leaves, oracle_grads(*cpu, grad.cpu().double(), "softmax"),
-                           strict=True):
+    # The kernels saw the inputs rounded to float16: the oracle takes the same rounded values.
+    cpu = [t.detach().half().cpu().double() for t in (side5, sides, weights)]
+    assert_matches(out, oracle_fuse(*cpu, "softmax"), torch.float16, "forward")
+    wgrads = oracle_grads(*cpu, grad.half().cpu().double(), "softmax")
+    for name, g_, inp, w_ in zip(("side5", "sides", "weights"), got, leaves, wgrads, strict=True):
         assert g_.dtype == inp.dtype  # the cast's backward returns the leaves' dtype
-        assert rel_err(g_, w_) < 2e-3
+        assert_matches(g_, w_, torch.float16, f"d {name}")
 
 
 @needs_cuda
@@ -354,7 +428,7 @@ def test_gpu_more_than_2_31_elements():
 
     out = dynamic_fuse(side5, sides, weights, backend="triton")
     for c in (0, 7, k - 1):
-        assert rel_err(out[0, c], want(c)) < 1e-2, c
+        assert_matches(out[0, c], want(c), torch.bfloat16, f"class {c}")
     del out
     grad = torch.ones(1, 1, 1, 1, device=dev, dtype=dt).expand(b, k, h, w)
     d5, dw = torch.autograd.grad(

@@ -1,7 +1,19 @@
-"""The fusion op: validation, backend dispatch, plain-PyTorch paths and Triton kernels."""
+"""The fusion op: validation, backend dispatch, plain-PyTorch paths and Triton kernels.
+
+``import dynfuse.ops`` does not import Triton: the Triton backend (and its custom ops) is loaded on
+its first use, see :mod:`dynfuse.ops.triton_mode`.
+"""
 
 from .fuse import dynamic_fuse, resolve_backend
 from .reference import authors_fuse, shared_concat
-from .triton_backend import is_available as triton_available
+from .triton_mode import is_available as triton_available
+from .triton_mode import load_triton_ops
 
-__all__ = ["authors_fuse", "dynamic_fuse", "resolve_backend", "shared_concat", "triton_available"]
+__all__ = [
+    "authors_fuse",
+    "dynamic_fuse",
+    "load_triton_ops",
+    "resolve_backend",
+    "shared_concat",
+    "triton_available",
+]

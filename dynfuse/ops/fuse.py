@@ -2,45 +2,50 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
+from . import triton_mode
 from .lean import lean_fuse
 from .reference import reference_fuse
+from .utils import unflatten_weights
 from .validation import check_activation, check_backend, validate_fusion_inputs
-
-# Looked up once: torch.compile cannot trace importlib's machinery inside a compiled region.
-_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 def triton_interpreting() -> bool:
-    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors (slowly)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when the process started with ``TRITON_INTERPRET=1``: Triton kernels then run on CPU
+    tensors (slowly). Read once, when dynfuse is imported."""
+    return triton_mode.INTERPRET
 
 
 def triton_importable() -> bool:
     """Whether the ``triton`` package is installed (checked once, at import)."""
-    return _TRITON_IMPORTABLE
+    return triton_mode.TRITON_INSTALLED
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``backend`` (possibly "auto") to the concrete backend used for tensors on ``device``.
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """Map ``backend`` to the concrete backend that runs for tensors on ``device`` of ``dtype``.
 
-    "auto" picks Triton for CUDA tensors when Triton imports, and for any tensors when
-    ``TRITON_INTERPRET=1``; otherwise the lean "torch" path.
+    "auto" picks Triton for CUDA tensors when Triton is installed, and for any tensors when the
+    process started with ``TRITON_INTERPRET=1``; otherwise the lean "torch" path. float64 (exact
+    checks such as gradcheck) always runs on the lean "torch" path instead of Triton: the kernels
+    accumulate in float32. So the backend returned is the one :func:`dynamic_fuse` runs.
     """
     check_backend(backend)
-    if backend != "auto":
-        return backend
-    if not triton_importable():
+    if backend == "auto":
+        backend = _auto_backend(device)
+    if backend == "triton" and dtype == torch.float64:
+        return "torch"
+    return backend
+
+
+def _auto_backend(device: torch.device) -> str:
+    if not triton_mode.TRITON_INSTALLED:
         return "torch"
     if device.type == "cuda":
         return "triton"
     # The interpreter cannot run under torch.compile (fake tensors have no data): compiled CPU code
     # always takes the lean path.
-    if not torch.compiler.is_compiling() and triton_interpreting():
+    if not torch.compiler.is_compiling() and triton_mode.INTERPRET:
         return "triton"
     return "torch"
 
@@ -85,10 +90,14 @@ def dynamic_fuse(
         side5: (B, K, H, W) class responses; float32, bfloat16 or float16 (float64 for checks).
         sides: (B, S, H, W) shared low-level responses, S >= 1, broadcast over the K classes.
         weights: (B, K, S+1, H, W) location-adaptive, (B, K, S+1) location-invariant or (K, S+1)
-            fixed weights. A flat learner output (B, K*(S+1), H, W) reshapes to the first form.
+            fixed weights; or the flat learner output (B, K*(S+1), H, W), taken as the adaptive
+            form with channel k*(S+1) + j holding input j of class k (S from ``sides``). Its
+            gradient is flat too.
         activation: None (the paper's choice) or "softmax" over the S+1 weights of each class and
             location.
-        backend: "auto", "triton", "torch" (lean) or "reference" (the literal concatenation).
+        backend: "auto", "triton", "torch" (lean) or "reference" (the literal concatenation);
+            :func:`resolve_backend` says which one runs (float64 always runs "torch" for
+            "triton": the kernels accumulate in float32).
 
     Returns:
         (B, K, H, W) in side5's dtype, accumulated in float32. Under ``torch.autocast`` all inputs are
@@ -98,10 +107,18 @@ def dynamic_fuse(
     check_activation(activation)
     side5, sides, weights = _autocast_inputs(side5, sides, weights)
     form = validate_fusion_inputs(side5, sides, weights)
-    chosen = resolve_backend(backend, side5.device)
+    if weights.dim() == 4:
+        weights = unflatten_weights(weights, sides.shape[1] + 1)
+    if backend == "triton" and not torch.compiler.is_compiling():
+        # Eager-only check (environment and device), also for float64 that then runs "torch".
+        triton_mode.check_triton_usable(side5.device)
+    chosen = resolve_backend(backend, side5.device, side5.dtype)
     if chosen == "reference":
         return reference_fuse(side5, sides, weights, form, activation)
     if chosen == "triton":
+        # Importing the backend registers its custom ops: on the first Triton call, not at
+        # ``import dynfuse`` (it imports Triton and parts of torch's compiler, about a second).
+        # Under torch.compile, Dynamo runs this import for real while it traces.
         from .triton_backend import triton_fuse
 
         return triton_fuse(side5, sides, weights, form, activation)

@@ -9,9 +9,9 @@ broadcast weights (invariant, fixed) with matrix products instead of broadcastin
 from __future__ import annotations
 
 import torch
+from einops import rearrange, reduce
 
-from .reference import activate
-from .validation import WeightForm, as_5d, compute_dtype
+from .utils import WeightForm, activate, as_5d, compute_dtype
 
 
 def _coefficient(coeffs5d: torch.Tensor, j: int) -> torch.Tensor:
@@ -56,21 +56,21 @@ def _reduce_products(
             else:
                 torch.mul(g, x, out=out[:, :, j])  # no (B, K, H, W) temporary per input
         return out
-    g_flat = g.reshape(b, k, h * w)
+    g_flat = rearrange(g, "b k h w -> b k (h w)")
     # (B, K, HW) @ (B, HW, S) sums g * side over the pixels for every class and side in one call.
-    per_side = torch.bmm(g_flat, sides.reshape(b, s, h * w).transpose(1, 2))
-    per_class = torch.linalg.vecdot(g_flat, side5.reshape(b, k, h * w))
+    per_side = torch.bmm(g_flat, rearrange(sides, "b s h w -> b (h w) s"))
+    per_class = torch.linalg.vecdot(g_flat, rearrange(side5, "b k h w -> b k (h w)"))
     out = torch.cat([per_class.unsqueeze(2), per_side], dim=2)
-    return out if form == "invariant" else out.sum(0)
+    return out if form == "invariant" else reduce(out, "b k j -> k j", "sum")
 
 
 def _reduce_to_form(t: torch.Tensor, form: WeightForm) -> torch.Tensor:
     """Sum a (B, K, H, W) tensor over the weight form's broadcast axes, keeping a singleton j axis."""
     if form == "adaptive":
-        return t.unsqueeze(2)
-    per_image = t.sum(dim=(2, 3))
-    reduced = per_image if form == "invariant" else per_image.sum(0)
-    return reduced.unsqueeze(-1)
+        return rearrange(t, "b k h w -> b k 1 h w")
+    if form == "invariant":
+        return reduce(t, "b k h w -> b k 1", "sum")
+    return reduce(t, "b k h w -> k 1", "sum")
 
 
 def _coefficients(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .validation import WeightForm, as_5d, compute_dtype
+from .utils import WeightForm, activate, as_5d, compute_dtype
+
+__all__ = ["activate", "authors_fuse", "reference_fuse", "shared_concat"]
 
 
 def shared_concat(side5: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
@@ -25,13 +27,6 @@ def shared_concat(side5: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
         [side5.unsqueeze(2).to(dtype), sides.unsqueeze(1).expand(b, k, s, h, w).to(dtype)], dim=2
     )
     return grouped.reshape(b, k * (s + 1), h, w)
-
-
-def activate(weights5d: torch.Tensor, activation: str | None) -> torch.Tensor:
-    """Apply the optional activation over the S+1 weights of each class (dim 2 of the 5-D view)."""
-    if activation == "softmax":
-        return torch.softmax(weights5d, dim=2)
-    return weights5d
 
 
 def reference_fuse(

@@ -20,19 +20,34 @@ stride (true for contiguous, channel-sliced, channels_last and stride-0 expanded
 tensor (e.g. a transposed or W-strided view) is copied with ``.contiguous()`` first, which costs one
 extra pass over that tensor only.
 
-float64 inputs run on the lean PyTorch path (``dynfuse.ops.lean``), which is exact in float64: the
-kernels accumulate in float32 and exist for float32 / bfloat16 / float16.
+float64 inputs never get here: ``resolve_backend`` sends them to the lean PyTorch path
+(``dynfuse.ops.lean``, exact in float64); the kernels accumulate in float32 and exist for float32 /
+bfloat16 / float16.
+
+Importing this module imports Triton and registers the ops; ``dynfuse`` does that on first use (see
+:mod:`dynfuse.ops.triton_mode`), not at ``import dynfuse``.
 
 Only forward and first-order gradients are provided (no double backward).
 """
 
-import importlib.util
-import os
 from collections.abc import Callable
 
 import torch
+from einops import reduce
+from triton.runtime.interpreter import InterpretedFunction
 
-from .validation import WeightForm
+from . import triton_mode
+from .triton_kernels import fusion_backward_kernel, fusion_forward_kernel
+from .triton_mode import is_available  # noqa: F401  (old home of is_available; kept importable)
+from .utils import WeightForm
+
+if isinstance(fusion_forward_kernel, InterpretedFunction) != triton_mode.INTERPRET:
+    # Triton decided the kernels' mode from TRITON_INTERPRET when they were decorated; dynfuse read
+    # it when it was imported. They differ only if the variable changed in between.
+    raise RuntimeError(
+        "TRITON_INTERPRET changed after dynfuse was imported; set it (or unset it) in the environment "
+        "before starting Python: the Triton mode is decided once per process"
+    )
 
 _INT32_MAX = 2**31 - 1
 # Grid axis 1 (images) is limited to 65535 programs by CUDA; larger batches launch in chunks.
@@ -43,27 +58,9 @@ _MAX_GRID_Y = 65535
 _allocate: Callable[..., torch.Tensor] = torch.empty
 
 
-def is_available() -> bool:
-    """True when Triton imports and there is a device it can run on here.
-
-    That is a CUDA GPU, or any machine when ``TRITON_INTERPRET=1`` (the CPU interpreter).
-    """
-    if not _triton_installed():
-        return False
-    return torch.cuda.is_available() or _interpreting()
-
-
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def block_config(kind: str, jp: int, hw: int, elem_size: int) -> tuple[int, int]:
-    """(pixels per program, warps) for a kernel ("forward" / "backward"), the padded row count
-    ``jp`` (next power of two >= S+1), the pixels per image and the inputs' element size in bytes.
+def block_config(jp: int, hw: int, elem_size: int) -> tuple[int, int]:
+    """(pixels per program, warps) for both kernels, given the padded row count ``jp`` (next power
+    of two >= S+1), the pixels per image and the inputs' element size in bytes.
 
     Both kernels use (jp, BLOCK) register tiles of about 4096 elements and 4 warps, with at least
     16 bytes per thread and row so that loads and stores are full 16-byte vectors (8 pixels per
@@ -71,6 +68,7 @@ def block_config(kind: str, jp: int, hw: int, elem_size: int) -> tuple[int, int]
     B=8, K=19, S=3, 640x640; ``bench_fusion.py --tune``, see docs/kernel.md): float32 ran the same
     from 512 to 2048 pixels; bfloat16 needs 1024 pixels with 4 warps (forward 0.26 ms, backward
     0.49 ms) where 512 pixels, or 1024 with 8 warps, gave 16-byte-short vectors and 0.63 / 0.77 ms.
+    The best config was the same for the forward and the backward kernel, so there is one rule.
     Small images get one small block so that tiny inputs do not run mostly masked lanes.
     """
     warps = 4
@@ -121,32 +119,13 @@ def _weight_strides(weights: torch.Tensor, w_p: int) -> tuple[int, int, int, int
     return 0, st[0], st[1], 0
 
 
-def _check_triton(side5: torch.Tensor) -> None:
-    if not _triton_installed():
-        raise RuntimeError(
-            "backend='triton' needs the 'triton' package, which is not installed; "
-            "install dynfuse[triton] or use backend='torch'"
-        )
-    if side5.device.type != "cuda" and not _interpreting():
-        raise RuntimeError(
-            f"backend='triton' runs on CUDA tensors (or any tensors with TRITON_INTERPRET=1), "
-            f"got tensors on {side5.device}; use backend='torch' or 'auto'"
-        )
-
-
-def _launch(kernel: object, grid: tuple[int, int], *args: object, **kwargs: object) -> None:
-    """Launch through ``torch.library.wrap_triton`` where the compiler can trace it; the CPU
-    interpreter's kernels are launched directly (torch cannot trace those anyway)."""
-    if not _interpreting():
-        if _WRAP is not None:
-            _WRAP(kernel)[grid](*args, **kwargs)
-        else:
-            kernel[grid](*args, **kwargs)  # type: ignore[index]
-        return
-    from .triton_kernels import interpreter_stdlib
-
-    with interpreter_stdlib():
-        kernel[grid](*args, **kwargs)  # type: ignore[index]
+def _launch(kernel: object, grid: tuple[int, int], **kwargs: object) -> None:
+    """Launch ``kernel[grid](**kwargs)``, through ``torch.library.wrap_triton`` where the compiler can
+    trace it; the CPU interpreter's kernels are launched directly (torch cannot trace those)."""
+    if _WRAP is not None and not triton_mode.INTERPRET:
+        _WRAP(kernel)[grid](**kwargs)
+    else:
+        kernel[grid](**kwargs)  # type: ignore[index]
 
 
 def _padded_rows(s: int) -> int:
@@ -158,12 +137,18 @@ def _batch_chunks(b: int) -> list[tuple[int, int]]:
     return [(i, min(b, i + _MAX_GRID_Y)) for i in range(0, b, _MAX_GRID_Y)]
 
 
+def _flat_weights(weights: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Weights with flattenable (H, W) axes (copied if not) and their (b, k, j, p) strides."""
+    if weights.dim() == 5:
+        weights, w_p = _pixel_stride(weights)
+        return weights, _weight_strides(weights, w_p)
+    return weights, _weight_strides(weights, 0)
+
+
 def _forward_impl(
     side5: torch.Tensor, sides: torch.Tensor, weights: torch.Tensor, softmax: bool
 ) -> torch.Tensor:
-    """(B, K, H, W) fused output in side5's dtype."""
-    from .triton_kernels import get_kernels
-
+    """Launch the forward kernel: (B, K, H, W) fused output in side5's dtype."""
     b, k, h, w = side5.shape
     s = sides.shape[1]
     hw = h * w
@@ -173,41 +158,36 @@ def _forward_impl(
         return out
     side5, s5_p = _pixel_stride(side5)
     sides, sd_p = _pixel_stride(sides)
-    w_p = 0
-    if weights.dim() == 5:
-        weights, w_p = _pixel_stride(weights)
-    w_b, w_k, w_j, w_p = _weight_strides(weights, w_p)
+    weights, (w_b, w_k, w_j, w_p) = _flat_weights(weights)
     jp = _padded_rows(s)
-    block, warps = block_config("forward", jp, hw, side5.element_size())
+    block, warps = block_config(jp, hw, side5.element_size())
     wide = _needs_wide(
         hw, (0, 0, s5_p), (s - 1, sides.stride(1), sd_p), (s, w_j, w_p), (0, 0, out.stride(3))
     )
-    fwd, _ = get_kernels()
     for lo, hi in _batch_chunks(b):
-        grid = ((hw + block - 1) // block, hi - lo)
         _launch(
-            fwd,
-            grid,
-            side5[lo:hi],
-            sides[lo:hi],
-            weights[lo:hi] if weights.dim() != 2 else weights,
-            out[lo:hi],
-            k,
-            s,
-            hw,
-            side5.stride(0),
-            side5.stride(1),
-            s5_p,
-            sides.stride(0),
-            sides.stride(1),
-            sd_p,
-            w_b,
-            w_k,
-            w_j,
-            w_p,
-            out.stride(0),
-            out.stride(1),
-            out.stride(3),
+            fusion_forward_kernel,
+            ((hw + block - 1) // block, hi - lo),
+            side5_ptr=side5[lo:hi],
+            sides_ptr=sides[lo:hi],
+            w_ptr=weights[lo:hi] if weights.dim() != 2 else weights,
+            out_ptr=out[lo:hi],
+            K=k,
+            S=s,
+            HW=hw,
+            s5_b=side5.stride(0),
+            s5_k=side5.stride(1),
+            s5_p=s5_p,
+            sd_b=sides.stride(0),
+            sd_s=sides.stride(1),
+            sd_p=sd_p,
+            w_b=w_b,
+            w_k=w_k,
+            w_j=w_j,
+            w_p=w_p,
+            o_b=out.stride(0),
+            o_k=out.stride(1),
+            o_p=out.stride(3),
             SOFTMAX=softmax,
             W_PIX=weights.dim() == 5,
             JP=jp,
@@ -225,9 +205,7 @@ def _backward_impl(
     weights: torch.Tensor,
     softmax: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(d side5, d sides, d weights), each in its input's dtype and shape."""
-    from .triton_kernels import get_kernels
-
+    """Launch the backward kernel: (d side5, d sides, d weights), each in its input's dtype and shape."""
     b, k, h, w = side5.shape
     s = sides.shape[1]
     hw = h * w
@@ -242,12 +220,9 @@ def _backward_impl(
     grad, g_p = _pixel_stride(grad)
     side5, s5_p = _pixel_stride(side5)
     sides, sd_p = _pixel_stride(sides)
-    w_p = 0
-    if pix_weights:
-        weights, w_p = _pixel_stride(weights)
-    w_b, w_k, w_j, w_p = _weight_strides(weights, w_p)
+    weights, (w_b, w_k, w_j, w_p) = _flat_weights(weights)
     jp = _padded_rows(s)
-    block, warps = block_config("backward", jp, hw, side5.element_size())
+    block, warps = block_config(jp, hw, side5.element_size())
     nblk = (hw + block - 1) // block
     if pix_weights:
         dw = _allocate(tuple(weights.shape), dtype=weights.dtype, device=weights.device)
@@ -268,45 +243,44 @@ def _backward_impl(
         (s - 1, ds.stride(1), ds.stride(3)),
         (s, dw_j, dw_p),
     )
-    _, bwd = get_kernels()
     for lo, hi in _batch_chunks(b):
         _launch(
-            bwd,
+            fusion_backward_kernel,
             (nblk, hi - lo),
-            grad[lo:hi],
-            side5[lo:hi],
-            sides[lo:hi],
-            weights[lo:hi] if weights.dim() != 2 else weights,
-            d5[lo:hi],
-            ds[lo:hi],
-            dw[lo:hi],
-            part[lo:hi],
-            k,
-            s,
-            hw,
-            grad.stride(0),
-            grad.stride(1),
-            g_p,
-            side5.stride(0),
-            side5.stride(1),
-            s5_p,
-            sides.stride(0),
-            sides.stride(1),
-            sd_p,
-            w_b,
-            w_k,
-            w_j,
-            w_p,
-            d5.stride(0),
-            d5.stride(1),
-            d5.stride(3),
-            ds.stride(0),
-            ds.stride(1),
-            ds.stride(3),
-            dw_b,
-            dw_k,
-            dw_j,
-            dw_p,
+            g_ptr=grad[lo:hi],
+            side5_ptr=side5[lo:hi],
+            sides_ptr=sides[lo:hi],
+            w_ptr=weights[lo:hi] if weights.dim() != 2 else weights,
+            d5_ptr=d5[lo:hi],
+            ds_ptr=ds[lo:hi],
+            dw_ptr=dw[lo:hi],
+            part_ptr=part[lo:hi],
+            K=k,
+            S=s,
+            HW=hw,
+            g_b=grad.stride(0),
+            g_k=grad.stride(1),
+            g_p=g_p,
+            s5_b=side5.stride(0),
+            s5_k=side5.stride(1),
+            s5_p=s5_p,
+            sd_b=sides.stride(0),
+            sd_s=sides.stride(1),
+            sd_p=sd_p,
+            w_b=w_b,
+            w_k=w_k,
+            w_j=w_j,
+            w_p=w_p,
+            d5_b=d5.stride(0),
+            d5_k=d5.stride(1),
+            d5_p=d5.stride(3),
+            ds_b=ds.stride(0),
+            ds_s=ds.stride(1),
+            ds_p=ds.stride(3),
+            dw_b=dw_b,
+            dw_k=dw_k,
+            dw_j=dw_j,
+            dw_p=dw_p,
             SOFTMAX=softmax,
             W_PIX=pix_weights,
             JP=jp,
@@ -315,8 +289,9 @@ def _backward_impl(
             num_warps=warps,
         )
     if not pix_weights:
-        per_image = part.sum(dim=1)[:, :, : s + 1]
-        reduced = per_image if weights.dim() == 3 else per_image.sum(dim=0)
+        # (B, blocks, K, JP) partials -> (B, K, S+1) per image, then over images for fixed weights.
+        per_image = reduce(part, "b blocks k j -> b k j", "sum")[:, :, : s + 1]
+        reduced = per_image if weights.dim() == 3 else reduce(per_image, "b k j -> k j", "sum")
         dw = reduced.to(weights.dtype).contiguous()
     return d5, ds, dw
 
@@ -387,14 +362,13 @@ def triton_fuse(
     """Fused fusion on validated inputs (see :func:`dynfuse.ops.dynamic_fuse` for the contract).
 
     side5 (B, K, H, W), sides (B, S, H, W), weights (B, K, S+1, H, W) | (B, K, S+1) | (K, S+1), one
-    dtype and device. Returns (B, K, H, W) in side5's dtype; differentiable in all three inputs.
-    float64 inputs take the lean PyTorch path (exact in float64).
+    float32 / bfloat16 / float16 dtype and one device. Returns (B, K, H, W) in side5's dtype;
+    differentiable in all three inputs. float64 never gets here: ``resolve_backend`` sends it to the
+    lean path.
     """
-    if not torch.compiler.is_compiling():
-        # Eager-only checks (environment and device); a traced graph only holds the op call.
-        _check_triton(side5)
     if side5.dtype == torch.float64:
-        from .lean import lean_fuse
-
-        return lean_fuse(side5, sides, weights, form, activation)
+        raise TypeError(
+            "the Triton kernels accumulate in float32 and do not take float64; "
+            "dynamic_fuse runs float64 on the lean 'torch' backend"
+        )
     return torch.ops.dynfuse.fusion_forward(side5, sides, weights, activation == "softmax")

@@ -6,11 +6,22 @@ tensor, what was expected and what was given, instead of a broadcasting error de
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-WeightForm = Literal["adaptive", "invariant", "fixed"]
+# as_5d, compute_dtype and WeightForm live in ops/utils.py; importable from here as before.
+from .utils import WeightForm, as_5d, compute_dtype
+
+__all__ = [
+    "ACTIVATIONS",
+    "BACKENDS",
+    "FLOAT_DTYPES",
+    "WeightForm",
+    "as_5d",
+    "check_activation",
+    "check_backend",
+    "compute_dtype",
+    "validate_fusion_inputs",
+]
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 ACTIVATIONS = (None, "softmax")
@@ -49,12 +60,14 @@ def validate_fusion_inputs(
 ) -> WeightForm:
     """Check shapes, dtypes and devices of the fusion op's inputs and return the weight form.
 
-    side5 (B, K, H, W), sides (B, S, H, W), weights (B, K, S+1, H, W) | (B, K, S+1) | (K, S+1).
+    side5 (B, K, H, W), sides (B, S, H, W), weights (B, K, S+1, H, W) | (B, K, S+1) | (K, S+1), or
+    the flat learner output (B, K*(S+1), H, W), reported as "adaptive" (the caller views it as
+    (B, K, S+1, H, W) with :func:`dynfuse.ops.utils.unflatten_weights`).
     All three must share one floating dtype and one device.
     """
     _check_tensor("side5", side5, 4)
     _check_tensor("sides", sides, 4)
-    _check_tensor("weights", weights, (5, 3, 2))
+    _check_tensor("weights", weights, (5, 4, 3, 2))
     b, k, h, w = side5.shape
     if sides.shape[0] != b or sides.shape[2:] != side5.shape[2:]:
         raise ValueError(
@@ -67,6 +80,15 @@ def validate_fusion_inputs(
     if weights.dim() == 5:
         form: WeightForm = "adaptive"
         expected = (b, k, s + 1, h, w)
+    elif weights.dim() == 4:
+        form = "adaptive"
+        expected = (b, k * (s + 1), h, w)
+        if tuple(weights.shape) != expected:
+            raise ValueError(
+                f"flat (4-D) weights must have shape (B, K*(S+1), H, W) = {expected} for side5 "
+                f"{tuple(side5.shape)} and sides {tuple(sides.shape)} (K={k}, S+1={s + 1}), "
+                f"got {tuple(weights.shape)}"
+            )
     elif weights.dim() == 3:
         form = "invariant"
         expected = (b, k, s + 1)
@@ -90,16 +112,3 @@ def validate_fusion_inputs(
             )
     return form
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 stays float64 (for gradcheck), everything else runs in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def as_5d(weights: torch.Tensor, form: WeightForm) -> torch.Tensor:
-    """View any weight form as (B|1, K, S+1, H|1, W|1) so it broadcasts against (B, K, S+1, H, W)."""
-    if form == "adaptive":
-        return weights
-    if form == "invariant":
-        return weights[:, :, :, None, None]
-    return weights[None, :, :, None, None]
