@@ -173,6 +173,9 @@ class TimmBackbone(nn.Module):
             raise TypeError(f"model must be a timm model name or module, got {type(model)}")
         self.body = model
         self.in_channels = in_channels
+        # Transformer families (Swin, ...) hand back channels-last maps; timm says so in output_fmt.
+        fmt = getattr(model, "output_fmt", "NCHW")
+        self.channels_last_output = str(getattr(fmt, "value", fmt)) == "NHWC"
         chans, reds = list(info.channels()), list(info.reduction())
         names = list(info.module_name())
         if self.indices is not None:
@@ -189,4 +192,6 @@ class TimmBackbone(nn.Module):
         feats = _as_list(self.body(x), "timm model")
         if self.indices is not None:
             feats = [feats[i] for i in self.indices]
+        if self.channels_last_output:  # (B, H, W, C) -> (B, C, H, W), as DFFHead expects
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
         return feats
