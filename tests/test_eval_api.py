@@ -59,7 +59,9 @@ def test_evaluate_edges_perfect_prediction_and_determinism():
         preds.append(gt.astype(np.float32))
         gts.append(gt)
     res = evaluate_edges(preds, gts, thin=False)
-    assert res.mf_ods == pytest.approx(1.0) and np.allclose(res.ap, 1.0)
+    assert res.mf_ods == pytest.approx(1.0) and np.allclose(res.ap_max_precision, 1.0)
+    assert np.array_equal(res.ap, np.zeros(3))  # one-point PR curve: the authors' AP is 0
+    assert res.auc is res.ap and res.mean_ap == 0.0
     assert res.settings["thin"] is False and res.settings["max_dist"] == 0.02
     assert res.thresholds.shape == (99,)
     d = res.to_dict()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from .counts import image_class_counts
 from .metrics import ClassScores, pr_curve, score_class
 from .preprocess import crop_margin, edge_nms, kill_internal_mask, resize_to, to_probability
@@ -106,7 +107,13 @@ class EvalResult:
 
     Attributes:
         mf_ods: mean over classes of the per-class ODS F-measure (MF-ODS).
-        ods, ois, ap, auc: (K,) per-class scores.
+        mf_ois: mean over classes of the per-class OIS F-measure.
+        mean_ap: mean over classes of :attr:`ap`.
+        ods, ois: (K,) per-class scores.
+        ap: (K,) the authors' AP (``collect_eval_bdry.m``: precision interpolated at recall
+            0:0.01:1, x 0.01), the number the DFF paper's code reports. ``auc`` is an alias.
+        ap_max_precision: (K,) pyEdgeEval's ``AP`` (mean over t of the best precision at
+            recall >= t), a different metric; ``mean_ap_max_precision`` its class mean.
         thresholds: (T,) thresholds used.
         settings: the :class:`EvalSettings` as a dict.
         class_names: K names.
@@ -121,7 +128,7 @@ class EvalResult:
     ods: np.ndarray
     ois: np.ndarray
     ap: np.ndarray
-    auc: np.ndarray
+    ap_max_precision: np.ndarray
     thresholds: np.ndarray
     settings: dict
     class_names: list[str]
@@ -130,6 +137,17 @@ class EvalResult:
     precision: np.ndarray = field(repr=False)
     counts: np.ndarray = field(repr=False)
     image_names: list[str] | None = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def auc(self) -> np.ndarray:
+        """(K,) alias of :attr:`ap` (BSDS's ``Area_PR`` is the authors' AP formula)."""
+        return self.ap
+
+    @property
+    def mean_ap_max_precision(self) -> float:
+        """Mean over classes of :attr:`ap_max_precision` (pyEdgeEval's ``AP``)."""
+        return float(np.mean(self.ap_max_precision))
 
     def to_dict(self, *, include_pr: bool = True) -> dict:
         """JSON-ready dict: means, per-class scores, settings, and (optionally) PR curves."""
@@ -144,20 +162,24 @@ class EvalResult:
                     "precision": self.precision[k].tolist(),
                 }
             classes.append(entry)
-        return {
+        out = {
             "mf_ods": self.mf_ods,
             "mf_ois": self.mf_ois,
             "mean_ap": self.mean_ap,
+            "mean_ap_max_precision": self.mean_ap_max_precision,
+            "metrics": METRIC_DEFINITIONS,
             "num_images": int(self.counts.shape[0]),
             "settings": self.settings,
             "classes": classes,
         }
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
     def to_json(self, path: str | os.PathLike | None = None, **kwargs) -> str:
         text = json.dumps(self.to_dict(**kwargs), indent=2)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text + "\n")
+            atomic_write_text(path, text + "\n")
         return text
 
     def table(self) -> str:
@@ -171,6 +193,10 @@ class EvalResult:
         lines.append(
             f"{'mean':>16} {100 * self.mf_ods:6.1f} {100 * self.mf_ois:6.1f} "
             f"{100 * self.mean_ap:6.1f}"
+        )
+        lines.append(
+            "AP: the authors' (collect_eval_bdry.m: precision interpolated at recall 0:0.01:1); "
+            f"pyEdgeEval's max-precision AP: mean {100 * self.mean_ap_max_precision:.1f}"
         )
         s = self.settings
         lines.append(
@@ -191,8 +217,20 @@ _FIELDS = (
     "ois_recall",
     "ois_precision",
     "ap",
+    "ap_max_precision",
     "auc",
 )
+
+#: What each reported number is (written into summary.json beside the numbers).
+METRIC_DEFINITIONS = {
+    "ods": "F at the best threshold for the dataset (counts summed over images; maxF interpolation "
+    "between thresholds, as collect_eval_bdry.m)",
+    "ois": "F of the counts at each image's best threshold, summed over images",
+    "ap": "the authors' AP (collect_eval_bdry.m): precision interpolated (interp1) over the distinct "
+    "recalls at recall 0:0.01:1, NaN -> 0, summed x 0.01; 'auc' is the same number",
+    "ap_max_precision": "pyEdgeEval's AP: mean over t in 0:0.01:1 of the best precision at recall >= t "
+    "(not the authors' AP)",
+}
 
 
 def aggregate(
@@ -222,7 +260,7 @@ def aggregate(
         ods=ods,
         ois=ois,
         ap=ap,
-        auc=np.array([s.auc for s in per_class]),
+        ap_max_precision=np.array([s.ap_max_precision for s in per_class]),
         thresholds=thr,
         settings=settings.to_dict(),
         class_names=names,
