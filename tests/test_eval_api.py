@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from dynfuse.eval import PROTOCOLS, EvalSettings, evaluate_edges, image_class_counts, match_edges
+from dynfuse.eval import (
+    PROTOCOLS,
+    EvalSettings,
+    EvalWarning,
+    evaluate_edges,
+    image_class_counts,
+    match_edges,
+)
 from dynfuse.eval.counts import resolve_thresholds
 from dynfuse.eval.preprocess import crop_margin, edge_nms, kill_internal_mask, resize_to, to_probability
 from dynfuse.eval.synthetic import synthetic_sample
@@ -101,7 +108,8 @@ def test_options_margin_resize_kill_internal_nms():
         evaluate_edges([prob], [gt], settings=s)
     # Resizing: a half-size prediction is brought to the GT size.
     small = prob[:, ::2, ::2]
-    evaluate_edges([small], [gt], thresholds=5)
+    with pytest.warns(EvalWarning, match="20x30 -> 40x60"):
+        evaluate_edges([small], [gt], thresholds=5)
     with pytest.raises(ValueError, match="resize"):
         evaluate_edges([small], [gt], thresholds=5, resize="none")
     assert resize_to(np.ones((4, 4)), (8, 6), "bilinear").shape == (8, 6)

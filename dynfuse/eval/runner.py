@@ -204,13 +204,14 @@ def evaluate_folder(
     if names is None:
         names = list_names(spec.gt_dir, spec.gt_suffix)
     names = list(names)
+    if out_dir is not None:
+        # first: whatever happens next, no earlier result is left looking like this run's
+        _remove_previous_outputs(Path(out_dir))
     if not names:
         raise ValueError(f"no ground-truth files '*{spec.gt_suffix}' under {spec.gt_dir}")
     notes = _check_prediction_folder(spec, names)
     for note in notes:
         warnings.warn(note, EvalWarning, stacklevel=2)
-    if out_dir is not None:
-        _remove_previous_outputs(Path(out_dir))
     cache_root = None if out_dir is None else Path(out_dir) / "cache"
     jobs = [
         (spec, n, settings, None if cache_root is None else str(cache_root / f"{n}.npz"))
