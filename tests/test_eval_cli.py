@@ -91,6 +91,14 @@ def test_cli_runs_resumes_and_matches_in_memory(tmp_path, capsys):
     assert main(argv[:-2] + ["--max-dist", "0.03", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "max_dist=" in printed and "mean" in printed
+    assert "protocol: cityscapes-thin (= seal-cityscapes-thin)" in printed
+    assert "AP: the authors' (collect_eval_bdry.m" in printed
+    # Without --protocol: the DFF paper's Cityscapes protocol.
+    default = [a for a in argv if a not in ("--protocol", "cityscapes-thin", "--max-dist", "0.02")]
+    assert main(default) == 0
+    s = json.loads((out / "summary.json").read_text())["settings"]
+    assert (s["max_dist"], s["thin"], s["thin_gt"], s["uint16_scale"]) == (0.02, True, True, 65536.0)
+    assert "protocol: dff-cityscapes-thin" in capsys.readouterr().out
 
 
 def test_cli_kill_internal_8bit_and_errors(tmp_path, capsys):
