@@ -208,6 +208,13 @@ def test_manifest_refuses_incomplete_or_mismatched_folders(tmp_path, capsys):
     _write_manifest(tmp_path)
     assert main(argv) == 0
     assert "warning" not in capsys.readouterr().err
+    # The manifest names maps (file name without extension): with --pred-suffix those carry it.
+    for k in range(K):
+        d = tmp_path / "pred" / f"class_{k + 1:03d}" / "city"
+        for i in range(2):
+            os.replace(d / f"img{i}.png", d / f"img{i}_leftImg8bit.png")
+    _write_manifest(tmp_path, images=("city/img0_leftImg8bit", "city/img1_leftImg8bit"))
+    assert main(argv + ["--pred-suffix", "_leftImg8bit.png"]) == 0
 
 
 def test_fewer_classes_than_the_data_warns_with_the_count(tmp_path, capsys):

@@ -154,3 +154,17 @@ def test_resized_predictions_are_announced_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         evaluate_edges([gt.astype(np.float32)], [gt], thresholds=5)  # same size: no warning
+
+
+def test_thin_gt_leaves_already_thinned_gt_unchanged():
+    """The --eval-gt GT is thinned already: the thin protocols score it as it is."""
+    from dynfuse.eval.synthetic import synthetic_sample
+    from dynfuse.eval.thin import thin
+
+    prob, gt, _ = synthetic_sample((48, 64), 2, seed=7, num_cells=8)
+    thinned = np.stack([thin(g) for g in gt])
+    s = PROTOCOLS["dff-sbd-thin"].replace(thresholds=5)
+    assert np.array_equal(evaluate_image(prob, thinned, s),
+                          evaluate_image(prob, thinned, s.replace(thin_gt=False)))
+    assert not np.array_equal(evaluate_image(prob, gt, s),
+                              evaluate_image(prob, gt, s.replace(thin_gt=False)))

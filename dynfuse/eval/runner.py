@@ -158,7 +158,12 @@ def _check_prediction_folder(spec: FolderSpec, names: list[str]) -> list[str]:
         )
     else:
         written = set(manifest.get("images", []))
-        missing = [n for n in names if n not in written]
+        # The manifest lists the maps' names (file name without extension); with --pred-suffix
+        # that is the image name plus the suffix's stem.
+        missing = [
+            n for n in names
+            if n not in written and os.path.splitext(f"{n}{spec.pred_suffix}")[0] not in written
+        ]
         if missing:
             skipped = {s.get("name") for s in manifest.get("skipped", []) if isinstance(s, dict)}
             why = " (the prediction run skipped some of them)" if skipped & set(missing) else ""
