@@ -108,7 +108,7 @@ def test_where_pyedgeeval_metrics_follow_and_depart_from_the_authors(pe):
             c[:, :, 2] = c[:, :, 0]
         ours = aggregate(c[:, None], EvalSettings(thresholds=tuple(thr), thin=False))
         peer = _peer_metrics(pe, c, thr)
-        # maxF: MATLAB's linspace(0, 1) has 100 steps, pyedgeeval 101: equal to ~1e-5.
+        # maxF: MATLAB's linspace(0, 1) has 100 steps, pyedgeeval 101 (25 thresholds: coarse segments).
         assert peer["ODS_f1"] == pytest.approx(ours.ods[0], abs=1e-4)
         assert peer["OIS_f1"] == pytest.approx(ours.ois[0], abs=1e-12)
         r, p = ours.recall[0], ours.precision[0]
