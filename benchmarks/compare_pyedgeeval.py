@@ -132,7 +132,8 @@ def main(argv=None) -> int:
         f"- data: {args.images} synthetic images {args.size[0]}x{args.size[1]}, {args.classes} "
         f"classes (dynfuse.eval.synthetic), {args.thresholds} thresholds; radius-2 GT, thinned "
         "(with dynfuse) for the thin setting, identical arrays to both",
-        "- command: `.venv/bin/python benchmarks/compare_pyedgeeval.py`",
+        "- command: `.venv/bin/python benchmarks/compare_pyedgeeval.py"
+        + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv)) + "`",
         "",
         "## Thinning (identical outputs)",
         "",
