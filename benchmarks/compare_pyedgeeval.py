@@ -1,7 +1,8 @@
 """Cross-check dynfuse.eval against the peer `pyedgeeval` (PyPI, GPL C++ matcher).
 
 Feeds identical arrays to both: synthetic, realistic predictions and radius-2 ground truth
-(dynfuse.eval.synthetic), per class, and reports per-class ODS / OIS / AP differences, plus how
+(dynfuse.eval.synthetic), per class, and reports per-class ODS / OIS / AP (the authors' and the
+max-precision one) differences, plus how
 much pyedgeeval moves between two identical runs (its matcher is seeded from the clock).
 Also compares thinning with pyedgeeval's two ports of MATLAB bwmorph 'thin'.
 
@@ -26,6 +27,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from dynfuse.atomic import atomic_write_text  # noqa: E402
 from dynfuse.eval import EvalSettings, aggregate, image_class_counts  # noqa: E402
 from dynfuse.eval.synthetic import synthetic_sample  # noqa: E402
 from dynfuse.eval.thin import thin  # noqa: E402
@@ -103,12 +105,14 @@ def main(argv=None) -> int:
             lines.append(
                 f"| {proto} | {k + 1} | {100 * a.ods[k]:.2f} | {100 * b[0].ods[k]:.2f} | "
                 f"{100 * (a.ods[k] - b[0].ods[k]):+.2f} | {100 * (a.ois[k] - b[0].ois[k]):+.2f} | "
-                f"{100 * (a.ap[k] - b[0].ap[k]):+.2f} | {100 * (b[1].ods[k] - b[0].ods[k]):+.3f} |"
+                f"{100 * (a.ap[k] - b[0].ap[k]):+.2f} | "
+                f"{100 * (a.ap_max_precision[k] - b[0].ap_max_precision[k]):+.2f} | "
+                f"{100 * (b[1].ods[k] - b[0].ods[k]):+.3f} |"
             )
         matched_diff = ours[..., 0] - peer[0][..., 0]
         lines.append(
             f"| {proto} | all | matched pixels: ours - peer, min {matched_diff.min()}, "
-            f"max {matched_diff.max()}, total {matched_diff.sum()} of {ours[..., 0].sum()} | | | | | |"
+            f"max {matched_diff.max()}, total {matched_diff.sum()} of {ours[..., 0].sum()} | | | | | | |"
         )
     import scipy
 
@@ -128,7 +132,8 @@ def main(argv=None) -> int:
         f"- data: {args.images} synthetic images {args.size[0]}x{args.size[1]}, {args.classes} "
         f"classes (dynfuse.eval.synthetic), {args.thresholds} thresholds; radius-2 GT, thinned "
         "(with dynfuse) for the thin setting, identical arrays to both",
-        "- command: `.venv/bin/python benchmarks/compare_pyedgeeval.py`",
+        "- command: `.venv/bin/python benchmarks/compare_pyedgeeval.py"
+        + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv)) + "`",
         "",
         "## Thinning (identical outputs)",
         "",
@@ -142,20 +147,23 @@ def main(argv=None) -> int:
         "",
         "## Scores (%, per class)",
         "",
-        "| setting | class | ODS ours | ODS peer | dODS | dOIS | dAP | peer run-to-run dODS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | class | ODS ours | ODS peer | dODS | dOIS | dAP | dAP (max-precision) "
+        "| peer run-to-run dODS |",
+        "|---|---|---|---|---|---|---|---|---|",
         *lines,
         "",
         "Our matching is an exact maximum; the peer's assignment solver approximates it, so on",
         "identical binary maps (raw) its matched counts are never above ours; with thinning the",
-        "maps themselves can differ (`binary_thin`, above). AP: ours sums recall 0:0.01:1 (101 points,",
-        "SEAL); pyedgeeval sums 0:0.01:0.99 and divides by 101, which differs when recall",
-        "reaches 1.",
+        "maps themselves can differ (`binary_thin`, above). The score columns apply dynfuse's",
+        "formulas to both sets of counts, so they show the matching's effect only. AP is the",
+        "authors' (`collect_eval_bdry.m`: interpolated precision at recall 0:0.01:1, x 0.01);",
+        "pyedgeeval reports that number as `AUC` (over 0:0.01:0.99, leaving out recall 1) and",
+        "calls the max-precision formula (our `ap_max_precision`) `AP` (also without t = 1, still",
+        "divided by 101); its maxF interpolates with 101 steps where MATLAB uses 100.",
+        "`tests/test_eval_pyedgeeval.py` pins each of these on identical counts.",
         "",
     ])
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    atomic_write_text(args.out, text)
     print(text)
     return 0
 

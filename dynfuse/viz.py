@@ -242,6 +242,12 @@ def save_fusion_weights(
     return img
 
 
+def pr_curve_label(entry: dict) -> str:
+    """Legend text of one class of ``EvalResult.to_dict()["classes"]``: ODS and the authors' AP
+    (``collect_eval_bdry.m``; not pyEdgeEval's max-precision AP), in %."""
+    return f"{entry['name']} ODS={100 * entry['ods']:.1f} AP={100 * entry['ap']:.1f}"
+
+
 def plot_pr_curves(
     path: str | os.PathLike,
     result,
@@ -271,8 +277,7 @@ def plot_pr_curves(
         if "pr" not in e:
             raise ValueError("result has no PR data (to_dict(include_pr=False)?)")
         c = pal[e["index"]]
-        ax.plot(e["pr"]["recall"], e["pr"]["precision"], color=c, lw=1.2,
-                label=f"{e['name']} ODS={100 * e['ods']:.1f}")
+        ax.plot(e["pr"]["recall"], e["pr"]["precision"], color=c, lw=1.2, label=pr_curve_label(e))
         ax.plot([e["ods_recall"]], [e["ods_precision"]], "o", color=c, ms=4)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -280,7 +285,7 @@ def plot_pr_curves(
     ax.set_ylabel("precision")
     ax.grid(alpha=0.3)
     s = d["settings"]
-    ax.set_title(title or f"MF-ODS {100 * d['mf_ods']:.1f}")
+    ax.set_title(title or f"MF-ODS {100 * d['mf_ods']:.1f}  mean AP {100 * d['mean_ap']:.1f}")
     fig.text(0.01, 0.01, f"max_dist={s['max_dist']} thin={s['thin']} thin_gt={s['thin_gt']} "
              f"margin={s['margin']} instance_sensitive={s['instance_sensitive']}", fontsize=7)
     ax.legend(fontsize=6, loc="lower left", ncol=2)

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from dynfuse.eval import PROTOCOLS, EvalSettings, evaluate_edges, image_class_counts, match_edges
+from dynfuse.eval import (
+    PROTOCOLS,
+    EvalSettings,
+    EvalWarning,
+    evaluate_edges,
+    image_class_counts,
+    match_edges,
+)
 from dynfuse.eval.counts import resolve_thresholds
 from dynfuse.eval.preprocess import crop_margin, edge_nms, kill_internal_mask, resize_to, to_probability
 from dynfuse.eval.synthetic import synthetic_sample
@@ -59,7 +66,9 @@ def test_evaluate_edges_perfect_prediction_and_determinism():
         preds.append(gt.astype(np.float32))
         gts.append(gt)
     res = evaluate_edges(preds, gts, thin=False)
-    assert res.mf_ods == pytest.approx(1.0) and np.allclose(res.ap, 1.0)
+    assert res.mf_ods == pytest.approx(1.0) and np.allclose(res.ap_max_precision, 1.0)
+    assert np.array_equal(res.ap, np.zeros(3))  # one-point PR curve: the authors' AP is 0
+    assert res.auc is res.ap and res.mean_ap == 0.0
     assert res.settings["thin"] is False and res.settings["max_dist"] == 0.02
     assert res.thresholds.shape == (99,)
     d = res.to_dict()
@@ -91,13 +100,16 @@ def test_options_margin_resize_kill_internal_nms():
     s = EvalSettings(thresholds=9, margin=5, thin_gt=True, nms=True, kill_internal=True)
     res = evaluate_edges([prob], [gt], settings=s, segs=[labels])
     assert res.settings["margin"] == 5 and res.counts.shape == (1, 2, 9, 4)
-    # sum_r counts the thinned GT inside the margin only.
-    assert res.counts[0, 0, 0, 1] == thin(gt[0][5:-5, 5:-5]).sum()
+    # sum_r counts the GT thinned on the full image (as the authors make it), then cropped;
+    # on this image the other order (crop, then thin) keeps a different number of pixels.
+    assert res.counts[0, 0, 0, 1] == thin(gt[0])[5:-5, 5:-5].sum()
+    assert thin(gt[0])[5:-5, 5:-5].sum() != thin(gt[0][5:-5, 5:-5]).sum()
     with pytest.raises(ValueError, match="seg"):
         evaluate_edges([prob], [gt], settings=s)
     # Resizing: a half-size prediction is brought to the GT size.
     small = prob[:, ::2, ::2]
-    evaluate_edges([small], [gt], thresholds=5)
+    with pytest.warns(EvalWarning, match="20x30 -> 40x60"):
+        evaluate_edges([small], [gt], thresholds=5)
     with pytest.raises(ValueError, match="resize"):
         evaluate_edges([small], [gt], thresholds=5, resize="none")
     assert resize_to(np.ones((4, 4)), (8, 6), "bilinear").shape == (8, 6)

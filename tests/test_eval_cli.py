@@ -91,6 +91,14 @@ def test_cli_runs_resumes_and_matches_in_memory(tmp_path, capsys):
     assert main(argv[:-2] + ["--max-dist", "0.03", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "max_dist=" in printed and "mean" in printed
+    assert "protocol: cityscapes-thin (= seal-cityscapes-thin)" in printed
+    assert "AP: the authors' (collect_eval_bdry.m" in printed
+    # Without --protocol: the DFF paper's Cityscapes protocol.
+    default = [a for a in argv if a not in ("--protocol", "cityscapes-thin", "--max-dist", "0.02")]
+    assert main(default) == 0
+    s = json.loads((out / "summary.json").read_text())["settings"]
+    assert (s["max_dist"], s["thin"], s["thin_gt"], s["uint16_scale"]) == (0.02, True, True, 65536.0)
+    assert "protocol: dff-cityscapes-thin" in capsys.readouterr().out
 
 
 def test_cli_kill_internal_8bit_and_errors(tmp_path, capsys):
@@ -118,3 +126,122 @@ def test_cli_parallel_workers_equal_serial(tmp_path):
     a = json.loads((tmp_path / "a" / "summary.json").read_text())
     b = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert a == b
+
+
+def _argv(tmp_path, *extra, k=K):
+    return ["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"),
+            "--num-classes", str(k), "--thresholds", "7", "--workers", "0", "--no-progress",
+            "--protocol", "dff-cityscapes-raw", *extra]
+
+
+def test_cache_is_keyed_by_content_replaced_predictions_are_rescored(tmp_path, capsys):
+    _make_folder(tmp_path, n=2)
+    argv = _argv(tmp_path, "--out", str(tmp_path / "out"))
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert first["mf_ods"] > 0.3
+    # Replace every prediction map of one image by zeros (same names, same folder).
+    for k in range(K):
+        zeros = Image.fromarray(np.zeros((40, 52), np.uint16))
+        zeros.save(tmp_path / "pred" / f"class_{k + 1:03d}" / "city" / "img0.png")
+    assert main(argv) == 0
+    second = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert second["mf_ods"] < first["mf_ods"]
+    fresh = tmp_path / "fresh"
+    assert main(_argv(tmp_path, "--out", str(fresh))) == 0
+    assert json.loads((fresh / "summary.json").read_text()) == second
+    # All of them zero: every score is 0, as from a fresh --out.
+    for i in range(2):
+        for k in range(K):
+            Image.fromarray(np.zeros((40, 52), np.uint16)).save(
+                tmp_path / "pred" / f"class_{k + 1:03d}" / "city" / f"img{i}.png")
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["mf_ods"] == 0.0
+    # The untouched GT and settings alone never make a hit: the key names each input file.
+    from dynfuse.eval import PROTOCOLS
+    from dynfuse.eval.runner import FolderSpec, cache_key
+
+    spec = FolderSpec(str(tmp_path / "pred"), str(tmp_path / "gt"), K)
+    s = PROTOCOLS["dff-cityscapes-raw"]
+    key = cache_key(spec, "city/img1", s)
+    assert cache_key(spec, "city/img1", s) == key
+    assert cache_key(FolderSpec(spec.pred_dir, spec.gt_dir, K - 1), "city/img1", s) != key
+    assert cache_key(spec, "city/img1", s.replace(max_dist=0.03)) != key
+    os.utime(tmp_path / "gt" / "city" / "img1.png", ns=(1, 1))
+    assert cache_key(spec, "city/img1", s) != key
+
+
+def _write_manifest(tmp_path, *, complete=True, num_classes=K, images=("city/img0", "city/img1")):
+    from dynfuse.eval.manifest import begin_manifest, finish_manifest
+
+    if complete:
+        finish_manifest(tmp_path / "pred", images=list(images), num_classes=num_classes,
+                        producer={"tool": "test"})
+    else:
+        begin_manifest(tmp_path / "pred", producer={"tool": "test"})
+
+
+def test_manifest_refuses_incomplete_or_mismatched_folders(tmp_path, capsys):
+    _make_folder(tmp_path, n=2)
+    argv = _argv(tmp_path, "--out", str(tmp_path / "out"))
+    # No manifest: scored, with a loud warning (stderr and summary.json).
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "dynfuse-eval: warning:" in err and "no manifest.json" in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert any("manifest.json" in w for w in summary["warnings"])
+    # A run that did not finish: refused, one line, exit 2; the earlier summary is gone.
+    _write_manifest(tmp_path, complete=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dynfuse-eval: error:") and "did not complete" in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "summary.json").exists()  # the earlier result is not left behind
+    # Complete but for another class count.
+    _write_manifest(tmp_path, num_classes=K + 1)
+    assert main(argv) == 2
+    assert f"{K + 1} classes" in capsys.readouterr().err
+    # Complete, but an image being scored is not among those the run wrote.
+    _write_manifest(tmp_path, images=("city/img0",))
+    assert main(argv) == 2
+    assert "city/img1" in capsys.readouterr().err
+    # Complete and matching: no warning.
+    _write_manifest(tmp_path)
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+    # The manifest names maps (file name without extension): with --pred-suffix those carry it.
+    for k in range(K):
+        d = tmp_path / "pred" / f"class_{k + 1:03d}" / "city"
+        for i in range(2):
+            os.replace(d / f"img{i}.png", d / f"img{i}_leftImg8bit.png")
+    _write_manifest(tmp_path, images=("city/img0_leftImg8bit", "city/img1_leftImg8bit"))
+    assert main(argv + ["--pred-suffix", "_leftImg8bit.png"]) == 0
+
+
+def test_fewer_classes_than_the_data_warns_with_the_count(tmp_path, capsys):
+    _make_folder(tmp_path, n=2)
+    assert main(_argv(tmp_path, k=2)) == 0
+    err = capsys.readouterr().err
+    assert f"ground-truth PNGs hold edges of classes up to {K}" in err and "--num-classes is 2" in err
+    assert "class_003" in err  # the prediction folders
+
+
+def test_outputs_atomic_and_no_stale_files(tmp_path, monkeypatch):
+    _make_folder(tmp_path, n=2)
+    out = tmp_path / "out"
+    assert main(_argv(tmp_path, "--out", str(out))) == 0
+    assert (out / "pr_class_003.csv").exists()
+    import dynfuse.atomic as atomic
+
+    written = []
+    real = atomic.atomic_write
+
+    def spy(path, write, **kw):
+        written.append(os.path.basename(path))
+        return real(path, write, **kw)
+
+    monkeypatch.setattr("dynfuse.eval.runner.atomic_write", spy)
+    monkeypatch.setattr("dynfuse.atomic.atomic_write", spy)
+    assert main(_argv(tmp_path, "--out", str(out), "--max-dist", "0.03", k=2)) == 0
+    assert {"summary.json", "pr_class_001.csv", "pr_class_002.csv", "img0.npz", "img1.npz"} <= set(written)
+    assert not (out / "pr_class_003.csv").exists()  # the earlier run's third class is gone
+    assert not [p for p in out.rglob(".*")]  # no temporary files left

@@ -26,6 +26,7 @@ def pe():
         setattr(np, "in1d", np.isin)  # noqa: B010
     try:
         from pyEdgeEval._lib import correspond_pixels
+        from pyEdgeEval.common.multi_label.calculate_metrics import calculate_metrics
         from pyEdgeEval.common.multi_label.evaluate_boundaries import (
             evaluate_boundaries_threshold,
         )
@@ -34,7 +35,8 @@ def pe():
         if stub is not None and sys.modules.get("cv2") is stub:
             del sys.modules["cv2"]
     yield types.SimpleNamespace(
-        cp=correspond_pixels, counts=evaluate_boundaries_threshold, bwmorph_thin=bwmorph_thin
+        cp=correspond_pixels, counts=evaluate_boundaries_threshold, bwmorph_thin=bwmorph_thin,
+        metrics=calculate_metrics,
     )
     if added_in1d:
         delattr(np, "in1d")
@@ -76,3 +78,45 @@ def test_scores_agree_within_0_01(pe):
     a, b = aggregate(ours, s), aggregate(peer, s)
     assert np.abs(a.ods - b.ods).max() < 0.01
     assert np.abs(a.ois - b.ois).max() < 0.01
+
+
+def _peer_metrics(pe, counts, thr):
+    """pyedgeeval's dataset metrics of (N, T, 4) counts (its own formulas, no matching)."""
+    import contextlib
+    import io
+
+    samples = [{"name": str(i), "counts": tuple(c[:, j].astype(np.float64) for j in range(4))}
+               for i, c in enumerate(counts)]
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress bar
+        _, _, overall = pe.metrics(lambda s: s["counts"], [float(t) for t in thr], samples, nproc=1)
+    return overall
+
+
+def test_where_pyedgeeval_metrics_follow_and_depart_from_the_authors(pe):
+    """On identical counts: pyedgeeval's ODS / OIS are the authors'; its `AUC` is the authors' AP
+    but over recall 0:0.01:0.99 (it leaves out recall 1); its `AP` is the max-precision formula
+    (our `ap_max_precision`) without the t = 1 term."""
+    thr = np.linspace(0.01, 0.99, 25)
+    rng = np.random.default_rng(3)
+    for reach_one in (False, True):
+        prob, gt, _ = synthetic_sample((48, 96), 2, seed=7, num_cells=8)
+        if reach_one:
+            prob = np.maximum(prob, 0.02 * gt)  # every GT pixel predicted at the lowest threshold
+        c = image_class_counts(prob[0], gt[0], thr, max_dist=0.02, thin=False)[None]
+        if not reach_one:
+            c[:, :, 0] = np.minimum(c[:, :, 0], c[:, :, 1] - 1 - rng.integers(0, 2))  # recall < 1
+            c[:, :, 2] = c[:, :, 0]
+        ours = aggregate(c[:, None], EvalSettings(thresholds=tuple(thr), thin=False))
+        peer = _peer_metrics(pe, c, thr)
+        # maxF: MATLAB's linspace(0, 1) has 100 steps, pyedgeeval 101 (25 thresholds: coarse segments).
+        assert peer["ODS_f1"] == pytest.approx(ours.ods[0], abs=1e-4)
+        assert peer["OIS_f1"] == pytest.approx(ours.ois[0], abs=1e-12)
+        r, p = ours.recall[0], ours.precision[0]
+        at_one = r >= 1.0 - 1e-12
+        top = p[at_one].max() if at_one.any() else 0.0
+        first = p[np.nonzero(at_one)[0][0]] if at_one.any() else 0.0  # unique(): first threshold
+        assert (top > 0) == reach_one
+        # authors' AP = peer AUC + 0.01 * P(recall 1)
+        assert ours.ap[0] == pytest.approx(peer["AUC"] + 0.01 * first, abs=1e-9)
+        assert ours.ap_max_precision[0] == pytest.approx(peer["AP"] + top / 101, abs=1e-9)
+        assert abs(ours.ap[0] - ours.ap_max_precision[0]) > 1e-3  # two different metrics

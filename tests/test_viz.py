@@ -71,11 +71,18 @@ def test_plot_pr_curves(tmp_path):
     from dynfuse.eval import evaluate_edges
     from dynfuse.eval.synthetic import synthetic_sample
 
-    p, g, _ = synthetic_sample((32, 40), 2, seed=1, num_cells=5)
+    p, g, _ = synthetic_sample((48, 64), 2, seed=7, num_cells=8)
     res = evaluate_edges([p], [g], thresholds=9)
+    assert g.any() and 0 < res.mf_ods < 1
     plot_pr_curves(tmp_path / "pr.png", res)
     assert Image.open(tmp_path / "pr.png").size[0] > 100
     plot_pr_curves(tmp_path / "pr2.png", res.to_dict(), classes=[1])
+    # The legend's AP is the authors' AP, not pyEdgeEval's max-precision one.
+    from dynfuse.viz import pr_curve_label
+
+    e = res.to_dict()["classes"][0]
+    assert res.ap[0] != res.ap_max_precision[0]
+    assert pr_curve_label(e) == f"{e['name']} ODS={100 * res.ods[0]:.1f} AP={100 * res.ap[0]:.1f}"
 
 
 def test_prediction_colouring_lives_here_and_shares_the_blend_rule():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
+from .api import EvalWarning
 from .runner import FolderSpec, evaluate_folder
-from .settings import PROTOCOLS, protocol_settings
+from .settings import DEFAULT_PROTOCOL, PROTOCOL_ALIASES, PROTOCOLS, protocol_settings
 
 __all__ = ["main", "build_parser"]
 
@@ -16,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="dynfuse-eval",
         description=(
-            "Semantic edge evaluation (MF-ODS / OIS / AP, SEAL protocols). Predictions: "
+            "Semantic edge evaluation (MF-ODS / OIS / AP as the DFF authors' MATLAB). Predictions: "
             "<pred-dir>/class_XXX/<name>.png (8- or 16-bit); ground truth: <gt-dir>/<name>.png "
             "bit-packed RGB (class c = bit c of R<<16|G<<8|B)."
         ),
@@ -26,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-classes", type=int, required=True, help="K (19 Cityscapes, 20 SBD)")
     ap.add_argument("--out", default=None, help="output folder (summary.json, PR CSVs, cache)")
     ap.add_argument(
-        "--protocol", choices=sorted(PROTOCOLS), default="cityscapes-thin",
-        help="SEAL setting: sbd (0.02, thin, margin 5), cityscapes-thin (0.0035, thin pred+GT), "
-        "cityscapes-raw (0.0035, no thinning)",
+        "--protocol", choices=sorted(PROTOCOLS), default=DEFAULT_PROTOCOL,
+        help="the authors' settings (docs/evaluation.md has the table): dff-cityscapes-thin/-raw "
+        "(0.02, GT at half resolution; default), dff-sbd-thin/-raw (0.02, margin 5), "
+        "seal-cityscapes-thin/-raw (0.0035), seal-sbd (0.02, margin 5), dff-evaluation-default "
+        "(0.0075); sbd, cityscapes-thin, cityscapes-raw are the seal-* ones",
     )
     ap.add_argument("--max-dist", type=float, default=None, help="override the tolerance")
     ap.add_argument("--thresholds", type=int, default=None, help="number of thresholds (99)")
@@ -48,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gt-scale", type=float, default=None,
                     help="nearest-resample the GT by this factor first (0.5: half resolution)")
     ap.add_argument("--pred-scale", type=float, default=None,
-                    help="divide predictions by this (default: 255 for 8-bit, 65535 for 16-bit)")
+                    help="divide predictions by this (default: 255 for 8-bit; 16-bit by the "
+                    "protocol's uint16_scale, 65536 as the authors' MATLAB)")
     ap.add_argument("--resize", choices=["nearest", "bilinear", "bicubic", "none"], default=None,
                     help="resize predictions to the GT size (default bicubic, as MATLAB)")
     inst = ap.add_mutually_exclusive_group()
@@ -62,9 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"dynfuse-eval: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit status (0 ok, 2 bad input)."""
+    """Console entry point; returns the exit status (0 ok, 2 bad input).
+
+    Warnings about the inputs (no manifest, more classes in the data than ``--num-classes``,
+    resized predictions) are printed as ``dynfuse-eval: warning: ...`` lines on stderr and kept
+    in ``summary.json``.
+    """
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EvalWarning)
+        warnings.showwarning = _print_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = protocol_settings(
             args.protocol,
@@ -103,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"dynfuse-eval: error: {e}", file=sys.stderr)
         return 2
-    print(f"protocol: {args.protocol}")
+    alias = PROTOCOL_ALIASES.get(args.protocol)
+    print(f"protocol: {args.protocol}" + (f" (= {alias})" if alias else ""))
     print(result.table())
     if args.out:
         print(f"wrote {os.path.join(args.out, 'summary.json')}")

@@ -21,6 +21,8 @@ __all__ = [
     "read_pred_png",
     "read_prediction",
     "class_dir_name",
+    "classes_in_bitpacked",
+    "prediction_class_folders",
     "list_names",
 ]
 
@@ -43,8 +45,23 @@ def decode_bitpacked(rgb: np.ndarray, num_classes: int) -> np.ndarray:
     return ((code[None] >> bits[:, None, None]) & 1).astype(bool)
 
 
-def read_gt_png(path: str | os.PathLike, num_classes: int) -> np.ndarray:
-    """(K, H, W) bool edges from a bit-packed RGB PNG."""
+def classes_in_bitpacked(rgb: np.ndarray) -> int:
+    """Number of the highest class with an edge pixel in a bit-packed (H, W, 3) uint8 map
+    (0 when it holds no edge): what the file says K is at least."""
+    arr = np.asarray(rgb)
+    code = (
+        (arr[..., 0].astype(np.uint32) << 16)
+        | (arr[..., 1].astype(np.uint32) << 8)
+        | arr[..., 2].astype(np.uint32)
+    )
+    return int(code.max()).bit_length() if code.size else 0
+
+
+def read_gt_png(
+    path: str | os.PathLike, num_classes: int, *, with_class_count: bool = False
+) -> np.ndarray | tuple[np.ndarray, int]:
+    """(K, H, W) bool edges from a bit-packed RGB PNG (and, with ``with_class_count``, the
+    highest class number with an edge in the file, see :func:`classes_in_bitpacked`)."""
     from PIL import Image
 
     try:
@@ -54,7 +71,10 @@ def read_gt_png(path: str | os.PathLike, num_classes: int) -> np.ndarray:
             rgb = np.asarray(im)
     except OSError as e:
         raise ValueError(f"{path}: cannot read ground-truth PNG ({e})") from e
-    return decode_bitpacked(rgb, num_classes)
+    edges = decode_bitpacked(rgb, num_classes)
+    if with_class_count:
+        return edges, classes_in_bitpacked(rgb)
+    return edges
 
 
 def read_pred_png(path: str | os.PathLike) -> np.ndarray:
@@ -100,6 +120,19 @@ def read_prediction(
     if len(dtypes) > 1:
         raise ValueError(f"prediction maps of {name} mix bit depths {sorted(map(str, dtypes))}")
     return np.stack(maps).astype(dtype)
+
+
+def prediction_class_folders(pred_dir: str | os.PathLike) -> list[int]:
+    """1-based numbers of the ``class_XXX`` folders present in ``pred_dir`` (sorted)."""
+    root = Path(pred_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        tail = p.name[len("class_"):]
+        if p.is_dir() and p.name.startswith("class_") and len(tail) == 3 and tail.isdigit():
+            out.append(int(tail))
+    return sorted(out)
 
 
 def list_names(gt_dir: str | os.PathLike, suffix: str = ".png") -> list[str]:

@@ -1,4 +1,4 @@
-"""Dataset-level scores from per-image counts, as SEAL's ``collect_eval_bdry`` computes them.
+"""Dataset-level scores from per-image counts, as the authors' ``collect_eval_bdry.m`` computes them.
 
 Counts per image and threshold are ``(cnt_r, sum_r, cnt_p, sum_p)``;
 ``R = cnt_r / sum_r`` and ``P = cnt_p / sum_p`` (0 when the denominator is 0),
@@ -8,8 +8,14 @@ Counts per image and threshold are ``(cnt_r, sum_r, cnt_p, sum_p)``;
   linear interpolation between neighbouring thresholds (MATLAB ``linspace(0, 1)``: 100 steps).
 - OIS: per image the first threshold with the largest (non-interpolated) F; the counts at those
   thresholds summed over images give R, P and F.
-- AP: SEAL's ``sum_{t in 0:0.01:1} max(P[R >= t]) / 101`` (0 where no threshold reaches t).
-- AUC: BSDS's ``Area_PR``: P interpolated on recall 0:0.01:1 over the unique recalls.
+- AP (the number the DFF authors' MATLAB reports, ``collect_eval_bdry.m`` by SEAL's author): precision
+  linearly interpolated (``interp1``) over the distinct recall values of the dataset PR curve at
+  recall ``0:0.01:1``, points outside the curve's recall range (NaN) set to 0, summed x 0.01;
+  0 when the curve has fewer than two distinct recalls. It is BSDS's ``Area_PR``, which is why
+  the old name ``auc`` is kept as an alias. (pyEdgeEval reports it as ``AUC``, summed over
+  recall ``0:0.01:0.99`` only, so it leaves out the point at recall 1.)
+- AP (max-precision), ``ap_max_precision``: ``sum_{t in 0:0.01:1} max(P[R >= t]) / 101`` (0 where
+  no threshold reaches t): what pyEdgeEval reports as its ``AP``; not the authors' number.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ClassScores", "f_measure", "pr_curve", "score_class", "interpolated_max_f"]
+__all__ = [
+    "ClassScores",
+    "f_measure",
+    "pr_curve",
+    "score_class",
+    "interpolated_max_f",
+    "average_precision",
+    "max_precision_ap",
+]
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -64,9 +78,56 @@ def interpolated_max_f(
     return best
 
 
+def _matlab_recall_grid() -> np.ndarray:
+    """MATLAB's ``0:0.01:1`` bit for bit: ``colon`` builds the first half as ``a + k*d``, the
+    second half backwards as ``b - k*d`` and puts ``(a+b)/2`` in the middle. (numpy's
+    ``linspace`` differs in the last bit at 11 of the 101 points, which matters when a recall
+    value of the curve lands exactly on one of them: inside the curve or NaN -> 0.)"""
+    k = np.arange(101)
+    return np.where(k < 50, k * 0.01, np.where(k > 50, 1.0 - (100 - k) * 0.01, 0.5))
+
+
+_RECALL_GRID = _matlab_recall_grid()
+
+
+def average_precision(r: np.ndarray, p: np.ndarray) -> float:
+    """The authors' AP (``collect_eval_bdry.m``) of a dataset PR curve.
+
+    Args:
+        r, p: (T,) recall and precision per threshold (float64).
+
+    Returns:
+        ``sum(interp1(Ru, Pu, 0:0.01:1), NaN -> 0) * 0.01`` where ``Ru`` are the distinct recall
+        values in increasing order and ``Pu`` the precision at the *first* threshold holding
+        each (MATLAB's ``[Ru, indR] = unique(R)``); 0 when there are fewer than two.
+    """
+    ru, iu = np.unique(np.asarray(r, dtype=np.float64), return_index=True)
+    if ru.size < 2:
+        return 0.0
+    pu = np.asarray(p, dtype=np.float64)[iu]
+    pint = np.interp(_RECALL_GRID, ru, pu, left=np.nan, right=np.nan)
+    return float(np.nansum(pint) * 0.01)
+
+
+def max_precision_ap(r: np.ndarray, p: np.ndarray) -> float:
+    """pyEdgeEval's ``AP``: mean over ``t in 0:0.01:1`` of the best precision at recall >= t
+    (0 where no threshold reaches t). Not the number the DFF authors' MATLAB reports."""
+    r = np.asarray(r, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    total = 0.0
+    for t in np.linspace(0.0, 1.0, 101):
+        sel = r >= t - 1e-12
+        total += float(p[sel].max()) if sel.any() else 0.0
+    return total / 101.0
+
+
 @dataclass(frozen=True)
 class ClassScores:
-    """Scores of one class over a dataset (fractions in [0, 1])."""
+    """Scores of one class over a dataset (fractions in [0, 1]).
+
+    ``ap`` is the authors' AP (``collect_eval_bdry.m``); ``auc`` is the same number under its
+    BSDS name (kept for compatibility); ``ap_max_precision`` is pyEdgeEval's ``AP``.
+    """
 
     ods: float
     ods_threshold: float
@@ -76,7 +137,12 @@ class ClassScores:
     ois_recall: float
     ois_precision: float
     ap: float
-    auc: float
+    ap_max_precision: float
+
+    @property
+    def auc(self) -> float:
+        """Alias of :attr:`ap` (BSDS's ``Area_PR`` is the same formula)."""
+        return self.ap
 
 
 def score_class(counts: np.ndarray, thresholds: np.ndarray) -> ClassScores:
@@ -97,18 +163,6 @@ def score_class(counts: np.ndarray, thresholds: np.ndarray) -> ClassScores:
     r_ois = float(_safe_div(best[0], best[1]))
     p_ois = float(_safe_div(best[2], best[3]))
 
-    ap = 0.0
-    for t in np.linspace(0.0, 1.0, 101):
-        sel = r >= t - 1e-12
-        ap += float(p[sel].max()) if sel.any() else 0.0
-    ap /= 101.0
-
-    ru, iu = np.unique(r, return_index=True)
-    if ru.size > 1:
-        pint = np.interp(np.linspace(0.0, 1.0, 101), ru, p[iu], left=np.nan, right=np.nan)
-        auc = float(np.nansum(pint) * 0.01)
-    else:
-        auc = 0.0
     return ClassScores(
         ods=f_best,
         ods_threshold=t_best,
@@ -117,6 +171,6 @@ def score_class(counts: np.ndarray, thresholds: np.ndarray) -> ClassScores:
         ois=float(f_measure(p_ois, r_ois)),
         ois_recall=r_ois,
         ois_precision=p_ois,
-        ap=ap,
-        auc=auc,
+        ap=average_precision(r, p),
+        ap_max_precision=max_precision_ap(r, p),
     )

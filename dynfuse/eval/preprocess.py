@@ -2,8 +2,10 @@
 
 - :func:`to_probability`: integer maps -> [0, 1] (scale 1, 255 or 65535; ``None`` = by dtype).
 - :func:`resize_to`: prediction to the ground-truth size (``"bicubic"`` is MATLAB ``imresize``'s
-  default, which SEAL uses; PIL's bicubic has the same a = -0.5 kernel and antialiases when
-  shrinking, as ``imresize`` does; ``"nearest"`` is what ``pyedgeeval`` does).
+  default, which the authors' ``evaluate_imgs.m`` applies, reimplemented in numpy by
+  :func:`matlab_imresize`: a = -0.5 cubic kernel, widened when shrinking (antialiasing), weights
+  normalised over the whole kernel and the border mirrored; ``"bilinear"`` is PIL's;
+  ``"nearest"`` is what ``pyedgeeval`` does).
 - :func:`crop_margin`: SBD-style margin crop (SEAL drops 5 pixels on every side for SBD).
 - :func:`edge_nms`: non-maximum suppression of a soft edge map along its orientation (the
   Dollar toolbox ``edgesNms`` recipe with ``r=1, s=5, m=1.01`` as SEAL/pyedgeeval use).
@@ -21,6 +23,8 @@ from scipy import ndimage as ndi
 __all__ = [
     "to_probability",
     "resize_to",
+    "matlab_imresize",
+    "imresize_weights",
     "crop_margin",
     "edge_nms",
     "kill_internal_mask",
@@ -30,22 +34,33 @@ __all__ = [
 RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "none")
 
 
-def to_probability(pred: np.ndarray, scale: float | None = None) -> np.ndarray:
+def to_probability(
+    pred: np.ndarray, scale: float | None = None, uint16_scale: float = 65535.0
+) -> np.ndarray:
     """Prediction as float32 in [0, 1].
 
     Args:
         pred: (..., H, W) bool, integer or float array.
         scale: divide by this (1, 255, 65535, ...); ``None`` picks it from the dtype: bool and
-            float -> 1, uint8 -> 255, uint16 -> 65535.
+            float -> 1, uint8 -> 255, uint16 -> ``uint16_scale``.
+        uint16_scale: divisor of 16-bit maps when ``scale`` is None: 65535 maps the full range
+            onto [0, 1]; the authors' ``evaluate_imgs.m`` reads ``double(imread(...)) ./ 65536``.
+
+    Raises:
+        ValueError: NaN or infinite values (named with their count), or values outside [0, 1].
     """
     arr = np.asarray(pred)
+    if np.issubdtype(arr.dtype, np.floating) and arr.size and not np.isfinite(arr).all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        raise ValueError(f"pred holds {n_nan} NaN and {n_inf} infinite values")
     if scale is None:
         if arr.dtype == bool or np.issubdtype(arr.dtype, np.floating):
             scale = 1.0
         elif arr.dtype == np.uint8:
             scale = 255.0
         elif arr.dtype == np.uint16:
-            scale = 65535.0
+            scale = float(uint16_scale)
         else:
             raise TypeError(
                 f"pred: cannot infer the scale of dtype {arr.dtype}; pass scale (1, 255, 65535)"
@@ -62,7 +77,12 @@ def to_probability(pred: np.ndarray, scale: float | None = None) -> np.ndarray:
 
 
 def resize_to(pred: np.ndarray, shape: tuple[int, int], method: str = "bicubic") -> np.ndarray:
-    """Resize a (H, W) float map to ``shape`` (no-op when the size already matches)."""
+    """Resize a (H, W) float map to ``shape`` (no-op when the size already matches).
+
+    ``"bicubic"`` is :func:`matlab_imresize` (values may over/undershoot [0, 1] slightly near
+    steps, as in MATLAB; thresholds inside (0, 1) see no difference); ``"bilinear"`` and
+    ``"nearest"`` are PIL's, clipped to [0, 1]. Returns float32.
+    """
     if method not in RESIZE_METHODS:
         raise ValueError(f"resize method must be one of {RESIZE_METHODS}, got {method!r}")
     arr = np.asarray(pred, dtype=np.float32)
@@ -73,15 +93,76 @@ def resize_to(pred: np.ndarray, shape: tuple[int, int], method: str = "bicubic")
             f"prediction shape {arr.shape} differs from ground truth {tuple(shape)} and "
             "resize='none'"
         )
+    if method == "bicubic":
+        return matlab_imresize(arr, shape).astype(np.float32)
     from PIL import Image
 
-    resample = {
-        "nearest": Image.NEAREST,
-        "bilinear": Image.BILINEAR,
-        "bicubic": Image.BICUBIC,
-    }[method]
+    resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}[method]
     img = Image.fromarray(arr, mode="F").resize((shape[1], shape[0]), resample=resample)
     return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+
+
+def _cubic(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel with a = -0.5 (MATLAB ``imresize``'s ``cubic``)."""
+    ax = np.abs(x)
+    ax2, ax3 = ax * ax, ax * ax * ax
+    return (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1) + (
+        -0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0
+    ) * ((ax > 1) & (ax <= 2))
+
+
+def imresize_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Taps of MATLAB's bicubic ``imresize`` along one axis of length ``n_in`` -> ``n_out``.
+
+    Output pixel ``x`` (1-based) sits at input coordinate ``u = x / s + (1 - 1 / s) / 2``
+    (``s = n_out / n_in``). When shrinking (``s < 1``) the kernel is stretched to ``s * cubic(s * d)``
+    over a width of ``4 / s`` (antialiasing). Each output's weights are divided by their sum
+    over the whole kernel, then taps outside the image are mirrored onto it (``..., 2, 1, 1, 2,
+    ..., n, n, n-1, ...``), so a border pixel takes the weight of its mirrored neighbours instead
+    of the kernel being cut and renormalised (PIL's way).
+
+    Returns:
+        ``(index, weight)``: (n_out, P) int64 0-based input indices and float64 weights.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be >= 1, got {n_in} -> {n_out}")
+    s = n_out / n_in
+    width = 4.0 if s >= 1 else 4.0 / s
+    x = np.arange(1, n_out + 1, dtype=np.float64)
+    u = x / s + 0.5 * (1.0 - 1.0 / s)
+    left = np.floor(u - width / 2.0)
+    taps = int(np.ceil(width)) + 2
+    idx = left[:, None] + np.arange(taps)[None, :]
+    d = u[:, None] - idx
+    w = s * _cubic(s * d) if s < 1 else _cubic(d)
+    w = w / w.sum(axis=1, keepdims=True)
+    mirror = np.concatenate([np.arange(n_in), np.arange(n_in)[::-1]])
+    idx = mirror[np.mod(idx.astype(np.int64) - 1, 2 * n_in)]
+    return idx, w
+
+
+def matlab_imresize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """MATLAB ``imresize(img, shape)`` (bicubic, antialiasing on) of a (H, W) float map.
+
+    Separable: the axis with the smaller scale factor is resized first (MATLAB's order; rows
+    first on a tie). Computed in float64, not clipped. Returns (shape[0], shape[1]) float64.
+    """
+    a = np.asarray(img, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"img must be (H, W), got {a.shape}")
+    h, w = a.shape
+    oh, ow = int(shape[0]), int(shape[1])
+    order = (0, 1) if oh / h <= ow / w else (1, 0)
+    for axis in order:
+        n_in, n_out = a.shape[axis], (oh, ow)[axis]
+        if n_in == n_out:
+            continue  # scale 1: the cubic kernel at integer offsets is the identity
+        idx, wt = imresize_weights(n_in, n_out)
+        if axis == 0:
+            a = np.einsum("op,opw->ow", wt, a[idx])
+        else:
+            a = np.einsum("op,hop->ho", wt, a[:, idx])
+    return a
 
 
 def crop_margin(x: np.ndarray, margin: int) -> np.ndarray:
