@@ -190,7 +190,7 @@ def check_output_size(output_size: object) -> tuple[int, int]:
     # While the ONNX exporter traces, the sizes are 0-d tensors computed from the input's shape;
     # int() would bake the example's size into the graph, so they stay tensors there.
     if torch.jit.is_tracing():
-        return output_size[0], output_size[1]  # type: ignore[return-value]
+        return output_size[0], output_size[1]
     return int(output_size[0]), int(output_size[1])  # type: ignore[call-overload]
 
 
