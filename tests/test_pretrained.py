@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -300,3 +301,76 @@ def test_push_to_hub_uploads_the_folder(monkeypatch):
     assert model.push_to_hub("me/dff", private=True, token="t", class_names=["a", "b"]) == "commit"
     assert seen["repo"] == ("me/dff", True, True) and seen["token"] == "t"
     assert seen["files"] == sorted(FILES) and seen["config"]["class_names"] == ["a", "b"]
+
+
+# ---------------------------------------------------------------- dynfuse-predict and dynfuse-train
+def _image_folder(folder: Path, sizes) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    arrays = {}
+    for i, (h, w) in enumerate(sizes):
+        arrays[f"img{i}"] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(arrays[f"img{i}"]).save(folder / f"img{i}.png")
+    return arrays
+
+
+def test_predict_reads_a_pretrained_folder(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from dynfuse.eval.manifest import check_manifest
+    from dynfuse.predict import main, predict_probabilities
+
+    model = _warm(create_model("dff", backbone="tiny", num_classes=2))
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
+    folder = model.save_pretrained(tmp_path / "model", mean=mean, std=std, class_names=["x", "y"])
+    arrays = _image_folder(tmp_path / "in", [(21, 30)])
+    out = tmp_path / "out"
+    assert main([str(folder), str(tmp_path / "in"), "-o", str(out), "--device", "cpu",
+                 "--no-progress", "--no-overlay"]) == 0
+    settings = check_manifest(out, num_classes=2)["producer"]["settings"]
+    assert settings["checkpoint_layout"] == "pretrained" and settings["mean"] == mean
+    assert settings["std"] == std and settings["backbone"] == "tiny"
+    # The maps are the saved model's, with the normalisation the folder records.
+    probs = predict_probabilities(model, arrays["img0"], mean=mean, std=std)
+    with Image.open(out / "class_002" / "img0.png") as im:
+        saved = np.asarray(im).astype(np.int64)
+    assert np.abs(saved - probs[1] * 65535).max() <= 0.5 + 1e-3
+    capsys.readouterr()
+    assert main([str(folder), str(tmp_path / "in"), "-o", str(out), "--num-classes", "5"]) == 2
+    assert "disagrees with the pretrained folder" in capsys.readouterr().err
+    (folder / CONFIG_NAME).unlink()
+    assert main([str(folder), str(tmp_path / "in"), "-o", str(out)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+
+def test_train_init_from_a_pretrained_folder(tmp_path):
+    pytest.importorskip("PIL")
+    from dynfuse.training import Trainer
+    from dynfuse.training.config import parse_config
+    from dynfuse.training.distributed import DistContext
+
+    torch.manual_seed(5)
+    model = _warm(create_model("dff", backbone="tiny", num_classes=3))
+    folder = model.save_pretrained(tmp_path / "model")
+    argv = ["--dataset", "synthetic", "--epochs", "1", "--train-length", "4", "--val-length", "1",
+            "--crop-size", "32", "--batch-size", "4", "--val-every", "0", "--no-tensorboard",
+            "--no-progress", "--output-dir", str(tmp_path / "run"), "--num-classes", "3",
+            "--init-from", str(folder)]
+    config = parse_config(argv)
+    assert config.init_from == str(folder)
+    trainer = Trainer(config, ctx=DistContext())
+    try:
+        started = trainer.model.state_dict()
+        for key, value in model.state_dict().items():
+            assert torch.equal(started[key], value), key
+    finally:
+        trainer.close()
+    # Another model than the folder's: refused, naming what differs.
+    with pytest.raises(CheckpointError, match="num_classes 3 there, 4 here"):
+        Trainer(parse_config([*argv[:-4], "--num-classes", "4", "--init-from", str(folder)]),
+                ctx=DistContext())
+    with pytest.raises(CheckpointError, match="learner 'adaptive' there, 'invariant' here"):
+        Trainer(parse_config([*argv, "--model-kw", "learner=invariant"]), ctx=DistContext())

@@ -13,6 +13,7 @@ from .official import (
 from .pretrained import (
     build_model_from_config,
     from_pretrained,
+    init_from_pretrained,
     load_pretrained_weights,
     model_build_config,
     push_to_hub,
@@ -36,6 +37,7 @@ __all__ = [
     "TABLE1",
     "build_model_from_config",
     "from_pretrained",
+    "init_from_pretrained",
     "load_pretrained_weights",
     "model_build_config",
     "push_to_hub",

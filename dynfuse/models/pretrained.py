@@ -48,6 +48,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "build_model_from_config",
     "from_pretrained",
+    "init_from_pretrained",
     "load_pretrained_weights",
     "model_build_config",
     "push_to_hub",
@@ -412,6 +413,32 @@ def load_pretrained_weights(
     state = _read_weights(folder, config)
     desc = f"{config.get('model')} on {config.get('backbone')}, {config.get('num_classes')} classes"
     load_state_checked(model, state, what=f"pretrained folder {str(folder)!r} ({desc})")
+    return model
+
+
+def init_from_pretrained(model: EdgeModel, source: str | os.PathLike[str]) -> EdgeModel:
+    """Start ``model`` from the weights of a ``save_pretrained`` folder (``dynfuse-train
+    --init-from``): the folder must hold the same model (model, backbone, classes and head options;
+    the fusion backend may differ), else a :class:`~dynfuse.checkpoints.CheckpointError` lists
+    what differs. Only weights are copied; nothing about a training run (epoch, optimiser) is."""
+    folder = _resolve(source)
+    config = read_pretrained_config(folder)
+    try:
+        mine: dict[str, Any] | None = model_build_config(model)
+    except ValueError:  # a backbone module: the checked load below still compares every key
+        mine = None
+    if mine is not None:
+        diffs = [f"{k} {config.get(k)!r} there, {mine[k]!r} here"
+                 for k in ("model", "backbone", "backbone_kwargs", "num_classes") if config.get(k) != mine[k]]
+        theirs = config.get("head_options") or {}
+        diffs += [f"{k} {theirs.get(k)!r} there, {v!r} here" for k, v in mine["head_options"].items()
+                  if k != "fusion_backend" and theirs.get(k) != v]
+        if diffs:
+            raise CheckpointError(
+                f"pretrained folder {str(folder)!r} holds another model than the one to start: "
+                + "; ".join(diffs)
+            )
+    load_pretrained_weights(model, folder, config=config)
     return model
 
 

@@ -117,6 +117,7 @@ class TrainConfig:
     cache: bool = True
     tensorboard: bool = True
     progress: bool = True
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -212,6 +213,9 @@ def build_parser(prog: str = "dynfuse-train") -> argparse.ArgumentParser:
                    help="local path of ImageNet backbone weights (torchvision ResNet file)")
     m.add_argument("--model-kw", type=_model_kwarg, action="append", default=[],
                    metavar="KEY=VALUE", help="extra create_model keyword (JSON value), repeatable")
+    m.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from the weights of a save_pretrained folder or Hub id holding the "
+                        "same model (not a resume: epochs, optimiser and schedule start afresh)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None)
     o.add_argument("--batch-size", type=int, default=None,
@@ -296,6 +300,7 @@ def parse_config(argv: Sequence[str] | None = None, prog: str = "dynfuse-train")
         "cache": args.cache,
         "tensorboard": not args.no_tensorboard,
         "progress": not args.no_progress,
+        "init_from": args.init_from,
     }
     try:
         return TrainConfig(**values)
