@@ -194,3 +194,12 @@ def test_fit_to_size_crops_the_long_side_then_resizes_the_short_one():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert fit_to_size(x, (6, 3)) is x
     torch.testing.assert_close(fit_to_size(x, (4, 2)), x[..., :4, :2], rtol=0, atol=0)
+
+
+def test_onnx_any_image_size_timm_backbone():
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    pytest.importorskip("timm")
+    torch.manual_seed(5)
+    model = create_model("dff", backbone="timm:resnet18", num_classes=2).eval()
+    _check_sizes(model, ["side5", "fuse", "weights"], [(48, 64), (45, 77), (33, 17)], ort)
