@@ -144,9 +144,10 @@ def _check_sizes(model, names, sizes, ort):
     ids=["adaptive", "invariant", "fixed", "casenet", "top-bilinear"],
 )
 def test_onnx_any_image_size(name, kwargs, names):
-    """One export (at 48x64) runs at every size, odd ones too, with the model's outputs: before,
-    the crop of the transposed convolutions was fixed at the export size and 29x35 failed in
-    onnxruntime ('Non concat axis dimensions must match')."""
+    """One export (at 48x64) runs at every size, odd ones too, with the model's outputs. Before,
+    the graph took only the export size ('Got invalid dimensions for input: images'), and with H, W
+    merely declared dynamic the crop sizes stayed constants of the graph, so 29x35 failed ('Non
+    concat axis dimensions must match')."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     torch.manual_seed(3)
