@@ -274,6 +274,17 @@ def test_repo_id_downloads_the_snapshot(tmp_path, monkeypatch):
                       "allow_patterns": ["config.json", "model.safetensors", "README.md"]}]
 
 
+def test_repo_id_that_cannot_be_downloaded(monkeypatch):
+    hub = pytest.importorskip("huggingface_hub")
+
+    def offline(**kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointNotFoundError, match="'runs/dff' is not a local folder, and .* no network"):
+        from_pretrained("runs/dff")
+
+
 def test_repo_id_without_huggingface_hub(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ImportError, match=r"dynfuse\[hub\]"):

@@ -341,8 +341,14 @@ def _resolve(source: str | os.PathLike[str], **download: Any) -> Path:
             f"{source!r} is not a local folder; loading it from the Hugging Face Hub needs "
             "huggingface_hub: pip install 'dynfuse[hub]'"
         ) from exc
-    local = snapshot_download(repo_id=source, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
-                              **{k: v for k, v in download.items() if v is not None})
+    try:
+        local = snapshot_download(repo_id=source, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+                                  **{k: v for k, v in download.items() if v is not None})
+    except Exception as exc:  # network, authentication, unknown repo: one message naming both readings
+        raise CheckpointNotFoundError(
+            f"{source!r} is not a local folder, and downloading it as a Hugging Face Hub repository "
+            f"failed: {type(exc).__name__}: {exc}"
+        ) from exc
     return Path(local)
 
 
