@@ -219,6 +219,9 @@ def save_pretrained(
         training: how the model was trained (JSON values, e.g. dataset, epochs, crop, lr), shown
             in the model card.
 
+    Class names and normalisation of a loaded model carry over; its metrics and training details
+    never do (the weights may have changed since): give them again if they still hold.
+
     Returns:
         The folder. Files are written atomically, the config last, and the config records the
         weights' SHA-256, so a folder left by an interrupted save never loads as a mix.
