@@ -157,8 +157,13 @@ def _load_pretrained_folder(
     folder: Path, given: dict[str, Any], model_kwargs: dict[str, Any] | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A ``save_pretrained`` folder: the model, class count and normalisation its config records."""
-    from .models.pretrained import from_pretrained, read_pretrained_config
+    from .models.pretrained import CONFIG_NAME, from_pretrained, read_pretrained_config
 
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"cannot read checkpoint {str(folder)!r}: it is a folder, not a checkpoint file, and not "
+            f"a save_pretrained folder either (it has no {CONFIG_NAME})"
+        )
     config = read_pretrained_config(folder)
     for key, value in given.items():
         if value is not None and value != config.get(key):

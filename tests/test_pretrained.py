@@ -354,7 +354,7 @@ def test_predict_reads_a_pretrained_folder(tmp_path, capsys):
     assert "disagrees with the pretrained folder" in capsys.readouterr().err
     (folder / CONFIG_NAME).unlink()
     assert main([str(folder), str(tmp_path / "in"), "-o", str(out)]) == 2
-    assert "has no config.json" in capsys.readouterr().err
+    assert "is a folder, not a checkpoint file, and not a save_pretrained" in capsys.readouterr().err
 
 
 def test_train_init_from_a_pretrained_folder(tmp_path):
