@@ -13,7 +13,7 @@ from .layers import (
     SharedConcat,
     SideNormBlock,
 )
-from .models import create_model, load_official_dff
+from .models import create_model, from_pretrained, load_official_dff
 from .ops import dynamic_fuse
 
 __version__ = "0.1.0"
@@ -33,5 +33,6 @@ __all__ = [
     "__version__",
     "create_model",
     "dynamic_fuse",
+    "from_pretrained",
     "load_official_dff",
 ]

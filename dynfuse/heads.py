@@ -187,6 +187,10 @@ def check_output_size(output_size: object) -> tuple[int, int]:
     ):
         shown = tuple(output_size) if isinstance(output_size, Sequence) else output_size
         raise ValueError(f"output_size must be (H, W), two positive ints, got {shown!r}")
+    # While the ONNX exporter traces, the sizes are 0-d tensors computed from the input's shape;
+    # int() would bake the example's size into the graph, so they stay tensors there.
+    if torch.jit.is_tracing():
+        return output_size[0], output_size[1]
     return int(output_size[0]), int(output_size[1])
 
 

@@ -17,7 +17,8 @@ incomplete) unless ``--skip-unreadable`` is given; then it is skipped, listed on
 the manifest's ``skipped``, and any map an earlier run wrote for it is removed.
 
 The checkpoint is a dynfuse training checkpoint (``checkpoint.pt`` / ``final.pt``, which records
-the model, backbone and classes), the DFF authors' checkpoint (``{"epoch", "state_dict",
+the model, backbone and classes), a ``save_pretrained`` folder (whose ``config.json`` also records
+the input normalisation), the DFF authors' checkpoint (``{"epoch", "state_dict",
 "optimizer"}`` with their key names, recognised and loaded through
 :func:`dynfuse.models.load_official_dff` / ``load_official_casenet``; model, depth and classes are
 read from the weights), or bare weights of our models, for which ``--model``, ``--backbone`` and
@@ -89,15 +90,16 @@ def load_model_for_inference(
     """Build the model a checkpoint was trained as and load its weights (eval mode, on CPU).
 
     Args:
-        checkpoint: path of a dynfuse training checkpoint, of the DFF authors' checkpoint or of
-            bare weights of our models.
+        checkpoint: path of a dynfuse training checkpoint, of a ``save_pretrained`` folder, of
+            the DFF authors' checkpoint or of bare weights of our models.
         model, backbone, num_classes, model_kwargs: required for bare weights of our models; for
             a training or an authors' checkpoint they must be None or agree with what it holds
             (``model_kwargs`` add to / override the recorded ones).
 
     Returns:
         ``(model, spec)`` where ``spec`` holds ``model``, ``backbone``, ``num_classes``,
-        ``model_kwargs``, ``layout`` (``"dynfuse-training"``, ``"authors"`` or ``"bare"``) and
+        ``model_kwargs``, ``layout`` (``"dynfuse-training"``, ``"pretrained"``, ``"authors"`` or
+        ``"bare"``) and
         ``mean``/``std`` (the input normalisation).
 
     Raises:
@@ -109,8 +111,10 @@ def load_model_for_inference(
 
     path = Path(checkpoint)
     where = f"checkpoint {str(path)!r}"
-    obj = read_checkpoint(path)
     given = {"model": model, "backbone": backbone, "num_classes": num_classes}
+    if path.is_dir():
+        return _load_pretrained_folder(path, given, model_kwargs)
+    obj = read_checkpoint(path)
     if obj.get("format") == TRAINING_CHECKPOINT_FORMAT:
         cfg = obj.get("config") or {}
         spec: dict[str, Any] = {k: cfg.get(k) for k in given}
@@ -146,6 +150,32 @@ def load_model_for_inference(
     )
     net.eval()
     spec["mean"], spec["std"] = _MEAN, _STD
+    return net, spec
+
+
+def _load_pretrained_folder(
+    folder: Path, given: dict[str, Any], model_kwargs: dict[str, Any] | None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A ``save_pretrained`` folder: the model, class count and normalisation its config records."""
+    from .models.pretrained import CONFIG_NAME, from_pretrained, read_pretrained_config
+
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"cannot read checkpoint {str(folder)!r}: it is a folder, not a checkpoint file, and not "
+            f"a save_pretrained folder either (it has no {CONFIG_NAME})"
+        )
+    config = read_pretrained_config(folder)
+    for key, value in given.items():
+        if value is not None and value != config.get(key):
+            raise CheckpointError(
+                f"--{key.replace('_', '-')} {value!r} disagrees with the pretrained folder "
+                f"{str(folder)!r}, which holds {key}={config.get(key)!r}"
+            )
+    net = from_pretrained(folder, **(model_kwargs or {}))
+    inp = config.get("input") or {}
+    spec = {k: config.get(k) for k in given}
+    spec.update(model_kwargs=dict(model_kwargs or {}), layout="pretrained",
+                mean=tuple(inp.get("mean") or _MEAN), std=tuple(inp.get("std") or _STD))
     return net, spec
 
 
@@ -340,8 +370,8 @@ def build_parser(prog: str = _PROG) -> argparse.ArgumentParser:
                     "class-coloured overlays and a manifest.json of the run for images.",
     )
     p.add_argument("checkpoint",
-                   help="dynfuse checkpoint (final.pt / checkpoint.pt), the DFF authors' checkpoint, "
-                        "or bare weights")
+                   help="dynfuse checkpoint (final.pt / checkpoint.pt), a save_pretrained folder, "
+                        "the DFF authors' checkpoint, or bare weights")
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--output-dir", "-o", required=True, help="folder for the maps (created)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -6,7 +6,7 @@ describing their channels and strides.
 """
 
 from .adapters import FeatureListBackbone, TimmBackbone, default_dff_indices
-from .factory import BackboneSource, create_backbone, list_backbones
+from .factory import BackboneSource, backbone_from_config, create_backbone, list_backbones
 from .feature_info import FeatureInfo, parse_feature_info
 from .loading import CheckpointMismatchError, LoadReport, load_state_dict_checked, read_state_dict
 from .resnet import (
@@ -30,6 +30,7 @@ __all__ = [
     "FeatureListBackbone",
     "LoadReport",
     "TimmBackbone",
+    "backbone_from_config",
     "create_backbone",
     "list_backbones",
     "default_dff_indices",

@@ -24,6 +24,10 @@ from .feature_info import FeatureInfo
 __all__ = ["FeatureListBackbone", "TimmBackbone", "default_dff_indices"]
 
 
+# timm arguments that only say where starting weights come from: not needed to rebuild a model.
+_WEIGHT_SOURCE_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
+
+
 def default_dff_indices(num_features: int) -> tuple[int, ...]:
     """Default DFF levels: the three lowest and the top one (like c1, c2, c3, c5)."""
     if num_features < 2:
@@ -131,7 +135,12 @@ class TimmBackbone(nn.Module):
         pretrained: passed to ``timm.create_model`` when ``model`` is a name (downloads weights!).
         in_channels: image channels.
         **timm_kwargs: more ``timm.create_model`` arguments (e.g. ``output_stride=8``).
+
+    Built from a name, it records how (``build_config``: ``{"name": "timm:<name>", "kwargs"}``), so a
+    model on it can be saved with ``save_pretrained``; wrapped from a module, ``build_config`` is None.
     """
+
+    build_config: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -144,6 +153,7 @@ class TimmBackbone(nn.Module):
     ):
         super().__init__()
         if isinstance(model, str):
+            name = model
             try:
                 import timm
             except ImportError as exc:  # optional dependency
@@ -160,6 +170,14 @@ class TimmBackbone(nn.Module):
             info: Any = model.feature_info  # timm's FeatureInfo (nn.Module's typing does not know it)
             n = len(info.channels())
             self.indices = None if out_indices is not None else default_dff_indices(n)
+            # How to build it again (what save_pretrained writes; ``pretrained`` only set the
+            # starting weights). A backbone made from a module has no such record.
+            rebuild = {k: v for k, v in timm_kwargs.items() if k not in _WEIGHT_SOURCE_KWARGS}
+            if out_indices is not None:
+                rebuild["out_indices"] = list(kwargs["out_indices"])
+            if in_channels != 3:
+                rebuild["in_channels"] = in_channels
+            self.build_config = {"name": f"timm:{name}", "kwargs": rebuild}
         elif isinstance(model, nn.Module):
             if not hasattr(model, "feature_info"):
                 raise TypeError("model must be a timm features_only model (with feature_info)")

@@ -18,7 +18,7 @@ from ..checkpoints import read_checkpoint
 from .adapters import TimmBackbone
 from .resnet import dilated_resnet50, dilated_resnet101, dilated_resnet_tiny
 
-__all__ = ["BackboneSource", "create_backbone", "list_backbones"]
+__all__ = ["BackboneSource", "backbone_from_config", "create_backbone", "list_backbones"]
 
 #: Where pretrained backbone weights come from: a local file, a state dict, or nothing.
 BackboneSource = str | os.PathLike[str] | Mapping[str, torch.Tensor] | None
@@ -81,4 +81,25 @@ def create_backbone(
         return bb
     raise ValueError(
         f"unknown backbone {backbone!r}: use one of {list_backbones()}, 'timm:<name>' or a module"
+    )
+
+
+def backbone_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """Build a backbone again from its ``build_config`` ({"name", "kwargs"}), random weights.
+
+    The named builders record it: ``create_backbone("resnet50" | "resnet101" | "tiny" |
+    "timm:<name>")``, :func:`~dynfuse.backbones.dilated_resnet_tiny` (``widths``) and
+    :class:`~dynfuse.backbones.TimmBackbone` built from a name (``out_indices``, ``in_channels`` and
+    the timm keyword arguments, e.g. ``output_stride``). ``config.json`` of a saved model holds it.
+    """
+    if not isinstance(config, Mapping) or not isinstance(config.get("name"), str):
+        raise ValueError(f"a backbone config is {{'name': str, 'kwargs': dict}}, got {config!r}")
+    name, kwargs = config["name"], dict(config.get("kwargs") or {})
+    builders = {"resnet50": dilated_resnet50, "resnet101": dilated_resnet101, "tiny": dilated_resnet_tiny}
+    if name in builders:
+        return builders[name](**kwargs)
+    if name.startswith("timm:") and len(name) > len("timm:"):
+        return TimmBackbone(name[len("timm:"):], **kwargs)
+    raise ValueError(
+        f"unknown backbone {name!r} in the config: use 'resnet50', 'resnet101', 'tiny' or 'timm:<name>'"
     )

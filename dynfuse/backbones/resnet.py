@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -125,6 +126,9 @@ class DilatedResNet(nn.Module):
     Input (B, in_channels, H, W) float; output list of 4 tensors (B, C_i, ceil(H/r_i), ceil(W/r_i))
     with C_i = ``feature_info.channels()`` and r_i = ``feature_info.reduction()`` = (1, 2, 4, 8).
     """
+
+    #: How to build it again ({"name", "kwargs"}), set by the named builders; None otherwise.
+    build_config: dict[str, Any] | None = None
 
     # Stages are registered by name in __init__ (add_module); declared here for type checkers.
     layer1: nn.Sequential
@@ -270,6 +274,13 @@ def _build(
     return model
 
 
+def _record(model: DilatedResNet, name: str, **kwargs: Any) -> DilatedResNet:
+    # How to build this backbone again (dynfuse.backbones.backbone_from_config reads it); what
+    # save_pretrained writes into config.json. Not part of the state dict.
+    model.build_config = {"name": name, "kwargs": kwargs}
+    return model
+
+
 def dilated_resnet50(
     pretrained: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None = None,
     *,
@@ -281,8 +292,8 @@ def dilated_resnet50(
     ``pretrained``: None, or a local torchvision ``resnet50`` ImageNet file (or its state dict).
     Nothing is downloaded.
     """
-    return _build((3, 4, 6, 3), pretrained, norm_layer=norm_layer,
-                  checkpoint_stages=checkpoint_stages)
+    return _record(_build((3, 4, 6, 3), pretrained, norm_layer=norm_layer,
+                          checkpoint_stages=checkpoint_stages), "resnet50")
 
 
 def dilated_resnet101(
@@ -292,8 +303,8 @@ def dilated_resnet101(
     checkpoint_stages: bool = False,
 ) -> DilatedResNet:
     """Dilated ResNet-101 (features 64/256/512/2048 at strides 1/2/4/8); see dilated_resnet50."""
-    return _build((3, 4, 23, 3), pretrained, norm_layer=norm_layer,
-                  checkpoint_stages=checkpoint_stages)
+    return _record(_build((3, 4, 23, 3), pretrained, norm_layer=norm_layer,
+                          checkpoint_stages=checkpoint_stages), "resnet101")
 
 
 def dilated_resnet_tiny(
@@ -316,4 +327,5 @@ def dilated_resnet_tiny(
     )
     if pretrained is not None:
         load_state_dict_checked(model, read_state_dict(pretrained), what="tiny backbone weights")
-    return model
+    widths = tuple(int(w) for w in widths)
+    return _record(model, "tiny", **({} if widths == (16, 32, 64, 128) else {"widths": list(widths)}))

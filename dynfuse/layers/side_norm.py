@@ -15,16 +15,26 @@ UPSAMPLE_MODES = ("deconv", "bilinear")
 def fit_to_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Crop (top-left) or resize a (B, C, h, w) map to exactly (B, C, H, W).
 
-    A map at least as large as the target in both dimensions is cropped; a smaller one (input sizes
-    that are not multiples of the stride) is resized bilinearly, so any input size gives the requested
-    output size. The authors never crop: their deconvolutions give exactly the image size only when H
-    and W are multiples of 8, and there this function is the identity, so their outputs are kept.
+    Each side longer than the target is cropped (a transposed convolution of a ceil-rounded level
+    overshoots by less than its stride); a map still smaller than the target afterwards (a level
+    rounded down) is resized bilinearly, so any input size gives the requested output size. The
+    authors never crop: their deconvolutions give exactly the image size only when H and W are
+    multiples of 8, and there this function is the identity, so their outputs are kept.
+
+    While traced (ONNX export) the map is always cropped and then resized to (H, W) with the sizes
+    taken from the graph, not from the example input: cropping a side that fits is a no-op and
+    resizing a map to its own size is the identity, so the one graph computes what the branches
+    below compute, for every image size.
     """
+    if torch.jit.is_tracing():
+        h, w = size[0], size[1]
+        return F.interpolate(x[..., :h, :w], size=(h, w), mode="bilinear", align_corners=False)
     h, w = int(size[0]), int(size[1])
     if x.shape[-2] == h and x.shape[-1] == w:
         return x
-    if x.shape[-2] >= h and x.shape[-1] >= w:
-        return x[..., :h, :w]
+    x = x[..., :h, :w]
+    if x.shape[-2] == h and x.shape[-1] == w:
+        return x
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 

@@ -1,4 +1,5 @@
-"""DFF and CASENet models, builders by name, and loading of the authors' checkpoints."""
+"""DFF and CASENet models, builders by name, shareable folders (``save_pretrained`` /
+``from_pretrained``) and loading of the authors' checkpoints."""
 
 from .edge import DFF, MODEL_OPTIONS, CASENet, CheckpointedAdaptiveLearner, EdgeModel
 from .export import export_onnx, fusion_backend
@@ -8,6 +9,16 @@ from .official import (
     load_official_casenet,
     load_official_dff,
     to_official_state_dict,
+)
+from .pretrained import (
+    build_model_from_config,
+    from_pretrained,
+    init_from_pretrained,
+    load_pretrained_weights,
+    model_build_config,
+    push_to_hub,
+    read_pretrained_config,
+    save_pretrained,
 )
 from .registry import (
     TABLE1,
@@ -25,6 +36,14 @@ __all__ = [
     "DFF",
     "MODEL_OPTIONS",
     "TABLE1",
+    "build_model_from_config",
+    "from_pretrained",
+    "init_from_pretrained",
+    "load_pretrained_weights",
+    "model_build_config",
+    "push_to_hub",
+    "read_pretrained_config",
+    "save_pretrained",
     "CheckpointedAdaptiveLearner",
     "EdgeModel",
     "Table1Row",

@@ -10,7 +10,9 @@ ResNets), (B, 3, H, W) of any H, W; outputs are :class:`~dynfuse.heads.DFFOutput
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +32,19 @@ MODEL_OPTIONS = ("norm_layer", "checkpoint_backbone", "checkpoint_learner", "cha
 
 
 class EdgeModel(nn.Module):
-    """Backbone + head; ``forward(images (B, C, H, W)) -> DFFOutput`` at (H, W). Base of DFF/CASENet."""
+    """Backbone + head; ``forward(images (B, C, H, W)) -> DFFOutput`` at (H, W). Base of DFF/CASENet.
+
+    Sharing: :meth:`save_pretrained` writes a folder (safetensors weights, a ``config.json`` that
+    rebuilds the model, a model card), :meth:`from_pretrained` loads one (or a Hub repository id),
+    :meth:`push_to_hub` uploads one; see :mod:`dynfuse.models.pretrained`.
+    """
+
+    #: The registered name a config rebuilds this class with (``create_model(config_name, ...)``).
+    config_name: str | None = None
+    #: Names of the K classes, when known (set by ``from_pretrained``; written by ``save_pretrained``).
+    class_names: list[str] | None = None
+    #: The ``config.json`` a model was loaded from (input ``mean``/``std``, metrics, training).
+    pretrained_config: dict[str, Any] | None = None
 
     def __init__(self, backbone: nn.Module, head: DFFHead, *, channels_last: bool = False) -> None:
         super().__init__()
@@ -54,6 +68,46 @@ class EdgeModel(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
         return self.head(features, output_size=images.shape[-2:])
+
+    @property
+    def build_config(self) -> dict[str, Any]:
+        """How to build this model again (model, backbone name and kwargs, K, head and model
+        options), read from the live model; a ValueError when its backbone was given as a module.
+        See :func:`dynfuse.models.pretrained.model_build_config`."""
+        from .pretrained import model_build_config
+
+        return model_build_config(self)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` to
+        ``save_directory``; ``kwargs``: ``class_names``, ``mean``, ``std``, ``metrics`` with
+        ``protocol``, ``training`` (see :func:`dynfuse.models.pretrained.save_pretrained`)."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike[str], **kwargs: Any) -> EdgeModel:
+        """Load a :meth:`save_pretrained` folder or Hub repository id (eval mode, identical
+        outputs); see :func:`dynfuse.models.pretrained.from_pretrained`. ``DFF.from_pretrained``
+        refuses a saved CASENet and the reverse."""
+        from .pretrained import from_pretrained
+
+        model = from_pretrained(source, **kwargs)
+        if not isinstance(model, cls):
+            found = type(model).__name__
+            raise TypeError(
+                f"{str(source)!r} holds a {found} ({model.config_name!r}), not a {cls.__name__}: "
+                f"load it with dynfuse.from_pretrained or {found}.from_pretrained"
+            )
+        return model
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this model to the Hugging Face Hub repository ``repo_id`` (the ``hub`` extra);
+        see :func:`dynfuse.models.pretrained.push_to_hub`."""
+        from .pretrained import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
         """Optimiser groups as the authors train: backbone at ``lr``, the head at ``head_lr_mult * lr``."""
@@ -165,6 +219,7 @@ class DFF(_OptionsModel):
     """
 
     head_class = DFFHead
+    config_name = "dff"
 
 
 class CASENet(_OptionsModel):
@@ -176,6 +231,7 @@ class CASENet(_OptionsModel):
     """
 
     head_class = CASENetHead
+    config_name = "casenet"
 
 
 def _feature_info(backbone: nn.Module) -> Any:

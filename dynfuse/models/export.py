@@ -1,10 +1,12 @@
 """ONNX export of DFF / CASENet models.
 
 We use PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): on these
-models it takes well under a second, where the ``torch.export``-based one takes ~15 s on the tiny model
-and specialises the image height and width anyway (the heads crop every upsampled map to the input
-size, which both exporters record as constants). So an exported graph serves one image size, with a
-dynamic batch; export once per deployment size (the authors' test pipelines pad to a fixed crop).
+models it takes well under a second, where the ``torch.export``-based one takes ~15 s on the tiny model.
+
+The graph takes any image height and width (and any batch): the heads crop or resize every
+upsampled map to the input size with sizes read from the input inside the graph
+(:func:`dynfuse.layers.side_norm.fit_to_size` has one traced form for all sizes), so the example
+``image_size`` only serves the tracing. ``dynamic_size=False`` fixes H and W to it instead.
 
 The fusion runs through the plain-op "reference" backend during export (the Triton and lean paths
 are custom autograd functions with no ONNX symbolic); the model's own backend is restored afterwards.
@@ -62,18 +64,23 @@ def export_onnx(
     *,
     batch_size: int = 1,
     dynamic_batch: bool = True,
+    dynamic_size: bool = True,
     opset_version: int = 17,
     in_channels: int = 3,
 ) -> None:
     """Export ``model`` (eval mode) to ONNX with inputs ``images`` (B, C, H, W) float32 and outputs
-    ``side5``, ``fuse`` (B, K, H, W) logits and ``weights`` (the fusion weights; not an output for
-    fixed fusion -- CASENet or ``learner="fixed"`` -- whose weights are graph constants).
+    ``side5``, ``fuse`` (B, K, H, W) logits and ``weights`` (the fusion weights: (B, K, S+1, H, W)
+    location-adaptive, (B, K, S+1) invariant; not an output for fixed fusion -- CASENet or
+    ``learner="fixed"`` -- whose weights are graph constants).
 
     Args:
         model: a DFF / CASENet model; exported in eval mode (its mode is restored afterwards).
         path: file path or a writable binary buffer.
-        image_size: (H, W) the graph is specialised to; any H, W (not only multiples of 8).
-        batch_size: batch of the example input; with ``dynamic_batch`` any batch runs.
+        image_size: (H, W) of the example input the graph is traced with; any H, W >= 1.
+        batch_size: batch of the example input.
+        dynamic_batch: the graph accepts any batch (else only ``batch_size``).
+        dynamic_size: the graph accepts any H, W >= 1, odd ones too, and gives the same outputs as
+            the model (else only ``image_size``).
         opset_version: ONNX opset (17 is supported by onnxruntime >= 1.14).
     """
     if not isinstance(model, nn.Module):
@@ -84,30 +91,46 @@ def export_onnx(
     device = param.device if param is not None else torch.device("cpu")
     example = torch.zeros(batch_size, in_channels, int(image_size[0]), int(image_size[1]), device=device)
     options = getattr(getattr(model, "head", None), "options", None)
+    learner = options.learner if options is not None else "adaptive"
     # Fixed (CASENet-style) weights are constants of the graph, not an output.
-    fixed = options is not None and options.learner == "fixed"
-    names = list(OUTPUT_NAMES[:2]) if fixed else list(OUTPUT_NAMES)
-    dynamic_axes = None
-    if dynamic_batch:
-        dynamic_axes = {name: {0: "batch"} for name in ["images", *names]}
+    names = list(OUTPUT_NAMES[:2]) if learner == "fixed" else list(OUTPUT_NAMES)
+    dynamic_axes = _dynamic_axes(names, learner, batch=dynamic_batch, size=dynamic_size)
     was_training = model.training
     model.eval()
     try:
         with fusion_backend(model, "reference"), warnings.catch_warnings(), torch.no_grad():
-            # The tracer warns about every shape check turned into a constant; the graph is
-            # specialised to image_size on purpose (see the module docstring).
+            # The tracer warns about every Python-side shape check it evaluates once (the heads'
+            # size checks); they add nothing to the graph, whose sizes come from the input.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                _Outputs(model, len(names)),
+                _Outputs(model, len(names)).eval(),
                 (example,),
                 # torch's annotation omits buffers, which the exporter writes to all the same.
                 path if isinstance(path, io.BytesIO) else os.fspath(path),  # type: ignore[arg-type]
                 input_names=["images"],
                 output_names=names,
-                dynamic_axes=dynamic_axes,
+                dynamic_axes=dynamic_axes or None,
                 opset_version=opset_version,
                 dynamo=False,
             )
     finally:
         model.train(was_training)
+
+
+def _dynamic_axes(names: list[str], learner: str, *, batch: bool, size: bool) -> dict[str, dict[int, str]]:
+    """The exporter's ``dynamic_axes`` for the input and each output (by its layout)."""
+    # Axes of (batch, height, width) in each tensor; invariant weights (B, K, S+1) have no H, W.
+    where = {"images": (0, 2, 3), "side5": (0, 2, 3), "fuse": (0, 2, 3),
+             "weights": (0, 3, 4) if learner == "adaptive" else (0, None, None)}
+    axes: dict[str, dict[int, str]] = {}
+    for name in ["images", *names]:
+        b, h, w = where[name]
+        entry: dict[int, str] = {}
+        if batch:
+            entry[b] = "batch"
+        if size and h is not None and w is not None:
+            entry[h], entry[w] = "height", "width"
+        if entry:
+            axes[name] = entry
+    return axes

@@ -18,6 +18,7 @@ from ..backbones.factory import BackboneSource as Source
 from ..backbones.factory import create_backbone, list_backbones
 from ..heads import CASENET_OPTIONS, HeadOptions
 from .edge import DFF, MODEL_OPTIONS, CASENet, EdgeModel
+from .pretrained import from_pretrained
 
 __all__ = [
     "TABLE1",
@@ -102,6 +103,10 @@ def create_model(
         kwargs["options"] = options
     return _MODELS[key](backbone=backbone, num_classes=num_classes,
                         pretrained_backbone=pretrained_backbone, **kwargs)
+
+
+# ``create_model.from_pretrained(dir)`` reads like the builder it mirrors (see dynfuse.models.pretrained).
+create_model.from_pretrained = from_pretrained  # type: ignore[attr-defined]
 
 
 def create_table1_model(row: str, **kwargs: Any) -> EdgeModel:

@@ -320,6 +320,10 @@ class TrainConfig:
                              help="start a new run in an output folder that is not empty; the "
                                   "old run's files are replaced when the new run's first "
                                   "checkpoint lands")
+    init_from: str | None = option(
+        None, group="model", resume="free", metavar="DIR",
+        help="start from the weights of a save_pretrained folder (model, backbone and classes must "
+             "match; epochs, optimiser and schedule start fresh)")
     allow_changed_config: bool = option(
         False, group="run", resume="free", negatable=False,
         help="with --resume: continue with settings that differ from the checkpoint's (they "

@@ -74,16 +74,18 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """``dynfuse.create_model`` for the config's model, backbone and classes."""
-    from dynfuse.models import create_model
+    """``dynfuse.create_model`` for the config's model, backbone and classes (started from a
+    ``save_pretrained`` folder's weights with ``init_from``)."""
+    from dynfuse.models import create_model, init_from_pretrained
 
-    return create_model(
+    model = create_model(
         config.model,
         backbone=config.backbone,
         num_classes=config.num_classes,
         pretrained_backbone=config.pretrained_backbone,
         **config.model_kwargs,
     )
+    return init_from_pretrained(model, config.init_from) if config.init_from else model
 
 
 def _default_loss() -> LossFn:
