@@ -383,6 +383,31 @@ def test_scoring_failure_warns_and_keeps_the_loss(tmp_path):
     assert metrics["scoring_error"] == "RuntimeError: matcher exploded"
 
 
+def test_scorer_returning_reserved_keys_cannot_replace_the_loss(tmp_path):
+    # A scorer's "loss" used to overwrite the validation loss and its "epoch" the record's epoch.
+    trainer = make_trainer(tmp_path, "reserved", epochs=1)
+
+    def clashing(preds, gts):
+        return {"loss": 0.0, "epoch": 99.0, "mf_ods": 0.5}
+
+    trainer.scorer = None
+    reference = trainer.validate()["loss"]
+    trainer.scorer = clashing
+    with pytest.warns(UserWarning, match=r"reserved key\(s\) \['epoch', 'loss'\]"):
+        metrics = trainer.validate()
+    assert metrics["loss"] == reference and reference != 0.0 and "mf_ods" not in metrics
+    assert trainer.history[-1]["epoch"] == 0 and trainer.history[-1]["loss"] == reference
+
+
+@pytest.mark.parametrize("scorer, error", [("mf_ods", ValueError), (3, TypeError)])
+def test_scorer_argument_must_be_callable_default_or_none(tmp_path, scorer, error):
+    config = TrainConfig(dataset="synthetic", backbone="standin", num_classes=3, crop_size=12,
+                         output_dir=str(tmp_path / "bad"), tensorboard=False, device="cpu")
+    with pytest.raises(error, match="scorer must be a callable, 'default' or None"):
+        Trainer(config, model=StandInNet(), train_set=StandInData(20, seed=1),
+                val_set=StandInData(5, seed=2, augment=False), scorer=scorer, ctx=DistContext())
+
+
 def test_metrics_logger_without_tensorboard(tmp_path, monkeypatch):
     import sys
 

@@ -176,8 +176,8 @@ class RandomScale:
             if low > high:
                 raise ValueError(f"short_side: expected low <= high, got {(low, high)}")
             self.short_side = (low, high)
-        else:
-            values = tuple(float(s) for s in scales)  # type: ignore[union-attr]
+        elif scales is not None:  # always, given the check above; narrows the type
+            values = tuple(float(s) for s in scales)
             if not values or any(not s > 0 for s in values):
                 raise ValueError(f"scales: expected positive factors, got {scales}")
             self.scales = values

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 
 from .api import EvalWarning
 from .runner import FolderSpec, evaluate_folder
@@ -71,7 +72,7 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
     print(f"dynfuse-eval: warning: {message}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (0 ok, 2 bad input).
 
     Warnings about the inputs (no manifest, more classes in the data than ``--num-classes``,

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "ClassScores",
@@ -41,8 +42,8 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a / (b + (b == 0))
 
 
-def f_measure(p: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Harmonic mean of precision and recall, 0 where both are 0."""
+def f_measure(p: npt.ArrayLike, r: npt.ArrayLike) -> np.ndarray:
+    """Harmonic mean of precision and recall (arrays or scalars, float64), 0 where both are 0."""
     p = np.asarray(p, dtype=np.float64)
     r = np.asarray(r, dtype=np.float64)
     s = p + r

@@ -97,7 +97,7 @@ def resize_to(pred: np.ndarray, shape: tuple[int, int], method: str = "bicubic")
         return matlab_imresize(arr, shape).astype(np.float32)
     from PIL import Image
 
-    resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}[method]
+    resample = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR}[method]
     img = Image.fromarray(arr, mode="F").resize((shape[1], shape[0]), resample=resample)
     return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
 

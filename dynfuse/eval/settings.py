@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import TypedDict
 
 import numpy as np
 
@@ -24,7 +26,8 @@ class EvalSettings:
 
     Attributes:
         max_dist: matching tolerance as a fraction of the image diagonal (after margin crop).
-        thresholds: int ``n`` (SEAL's ``linspace(1/(n+1), 1-1/(n+1), n)``) or explicit floats.
+        thresholds: int ``n`` (SEAL's ``linspace(1/(n+1), 1-1/(n+1), n)``) or explicit floats
+            (any sequence; stored as a tuple of floats).
         thin: thin each binarised prediction (``bwmorph(., 'thin', Inf)``).
         thin_gt: thin the ground truth once (SEAL's "thin" GT protocol).
         nms: non-maximum suppression of the soft prediction first (off by default, as SEAL).
@@ -45,7 +48,7 @@ class EvalSettings:
     """
 
     max_dist: float = 0.02
-    thresholds: int | tuple[float, ...] = 99
+    thresholds: int | Sequence[float] = 99
     thin: bool = True
     thin_gt: bool = False
     nms: bool = False
@@ -95,7 +98,14 @@ class EvalSettings:
         return replace(self, **changes)
 
 
-_DFF = {"uint16_scale": 65536.0, "instance_sensitive": True}
+class _DffCommon(TypedDict):
+    """The settings every ``dff-*`` protocol shares (typed so ``**_DFF`` is checked per field)."""
+
+    uint16_scale: float
+    instance_sensitive: bool
+
+
+_DFF: _DffCommon = {"uint16_scale": 65536.0, "instance_sensitive": True}
 
 #: Named protocols, each the settings of one MATLAB script of the authors (see docs/evaluation.md
 #: for the table: source file, GT, paper table). GT thinning (``thin_gt``) is part of how the

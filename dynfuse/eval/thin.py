@@ -40,8 +40,8 @@ def thin_lookup_tables() -> tuple[np.ndarray, np.ndarray]:
         ``sum_k x_k << (k - 1)``; True where a foreground centre pixel is deleted.
     """
     code = np.arange(256)
-    x = _neighbour_bits(code)
-    x = [None, *x, x[0]]  # 1-based, x[9] = x[1]
+    bits = _neighbour_bits(code)
+    x = dict(enumerate([*bits, bits[0]], start=1))  # 1-based, x[9] = x[1]
     x_h = np.zeros(256, dtype=np.int64)
     n1 = np.zeros(256, dtype=np.int64)
     n2 = np.zeros(256, dtype=np.int64)

@@ -89,7 +89,7 @@ def _coefficients(
 
 class _LeanFusion(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         side5: torch.Tensor,
         sides: torch.Tensor,
@@ -106,7 +106,7 @@ class _LeanFusion(torch.autograd.Function):
         return out.to(side5.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         side5, sides, weights = ctx.saved_tensors
         form: WeightForm = ctx.form
         ct = compute_dtype(side5.dtype)

@@ -59,7 +59,8 @@ def authors_fuse(
     """
     b, k, h, w = side5.shape
     s = sides.shape[1]
-    form: WeightForm = {5: "adaptive", 3: "invariant", 2: "fixed"}[weights.dim()]  # type: ignore[assignment]
+    forms: dict[int, WeightForm] = {5: "adaptive", 3: "invariant", 2: "fixed"}
+    form = forms[weights.dim()]
     fuse = torch.cat((side5[:, 0:1], sides), 1)
     for i in range(1, k):
         fuse = torch.cat((fuse, side5[:, i : i + 1], sides), 1)

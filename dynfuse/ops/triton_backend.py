@@ -31,6 +31,7 @@ Only forward and first-order gradients are provided (no double backward).
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from einops import reduce
@@ -324,23 +325,31 @@ else:
     )
 
     @_fusion_forward.register_fake
-    def _forward_fake(side5, sides, weights, softmax):  # type: ignore[no-untyped-def]
+    def _forward_fake(
+        side5: torch.Tensor, sides: torch.Tensor, weights: torch.Tensor, softmax: bool
+    ) -> torch.Tensor:
         return side5.new_empty(side5.shape)
 
     @_fusion_backward.register_fake
-    def _backward_fake(grad, side5, sides, weights, softmax):  # type: ignore[no-untyped-def]
+    def _backward_fake(
+        grad: torch.Tensor, side5: torch.Tensor, sides: torch.Tensor, weights: torch.Tensor, softmax: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return side5.new_empty(side5.shape), sides.new_empty(sides.shape), weights.new_empty(
             weights.shape
         )
 
 
-def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+def _setup_context(
+    ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool], output: torch.Tensor
+) -> None:
     side5, sides, weights, softmax = inputs
     ctx.save_for_backward(side5, sides, weights)
     ctx.softmax = softmax
 
 
-def _backward(ctx, grad):  # type: ignore[no-untyped-def]
+def _backward(
+    ctx: Any, grad: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
     side5, sides, weights = ctx.saved_tensors
     d5, ds, dw = torch.ops.dynfuse.fusion_backward(grad, side5, sides, weights, ctx.softmax)
     need = ctx.needs_input_grad

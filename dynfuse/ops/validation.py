@@ -37,7 +37,7 @@ def check_backend(backend: object) -> str:
 def check_activation(activation: object) -> str | None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    return activation  # type: ignore[return-value]
+    return activation
 
 
 def _check_tensor(name: str, t: object, ndim: int | tuple[int, ...]) -> torch.Tensor:
@@ -79,7 +79,7 @@ def validate_fusion_inputs(
         raise ValueError(f"sides must hold at least one shared map (S >= 1), got S={s}")
     if weights.dim() == 5:
         form: WeightForm = "adaptive"
-        expected = (b, k, s + 1, h, w)
+        expected: tuple[int, ...] = (b, k, s + 1, h, w)
     elif weights.dim() == 4:
         form = "adaptive"
         expected = (b, k * (s + 1), h, w)

@@ -8,8 +8,8 @@ boundary therefore replays exactly the batches an uninterrupted run would have s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sized
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from .config import ConfigError, TrainConfig
 from .distributed import DistContext
 
 __all__ = ["ShardSampler", "build_datasets", "build_train_loader", "build_val_loader",
-           "cache_raw_samples", "epoch_seed"]
+           "cache_raw_samples", "dataset_len", "epoch_seed"]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -76,6 +76,22 @@ def cache_raw_samples(dataset: Any, processes: int = 0) -> Any:
     return dataset
 
 
+def dataset_len(dataset: Dataset) -> int:
+    """Number of items of a map-style dataset.
+
+    ``torch.utils.data.Dataset`` declares no ``__len__`` (iterable datasets have none), but the
+    samplers here need one; a dataset without it fails here with Python's own ``TypeError``.
+    """
+    return len(cast(Sized, dataset))
+
+
+def _data_root(config: TrainConfig) -> str:
+    # TrainConfig rejects a missing root on construction; a config edited since gets the same error.
+    if config.data_root is None:
+        raise ConfigError("data_root", f"is required for dataset {config.dataset!r}")
+    return config.data_root
+
+
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     """Training and validation datasets for ``config.dataset``.
 
@@ -92,9 +108,9 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         # Scenes are rendered at the crop size; training adds the paper's random mirror.
         kwargs: dict[str, Any] = {"num_classes": config.num_classes, "size": crop,
                                   "seed": config.seed}
-        train = Synthetic(length=config.train_length or 320, split="train",
-                               transform=train_transforms(crop), **kwargs)
-        val = Synthetic(length=config.val_length or 32, split="val", **kwargs)
+        train: Dataset = Synthetic(length=config.train_length or 320, split="train",
+                                   transform=train_transforms(crop), **kwargs)
+        val: Dataset = Synthetic(length=config.val_length or 32, split="val", **kwargs)
         if config.cache:
             cache_raw_samples(train, config.workers)
             cache_raw_samples(val, config.workers)
@@ -102,19 +118,21 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     if config.dataset == "cityscapes":
         from dynfuse.data import Cityscapes
 
+        root = _data_root(config)
         # Paper: random short side in [0.75, 2] x base size 640, mirror, crop; full-size val.
         short_side = (round(0.75 * crop), 2 * crop)
-        train = Cityscapes(config.data_root, "train", num_classes=config.num_classes,
+        train = Cityscapes(root, "train", num_classes=config.num_classes,
                            transform=train_transforms(crop, short_side=short_side))
-        val = Cityscapes(config.data_root, "val", num_classes=config.num_classes)
+        val = Cityscapes(root, "val", num_classes=config.num_classes)
         return train, val
     if config.dataset == "sbd":
         from dynfuse.data import SBD
 
+        root = _data_root(config)
         # Paper: scales are applied offline (dynfuse-prepare sbd); val padded to 512 x 512.
-        train = SBD(config.data_root, "train", transform=train_transforms(crop),
+        train = SBD(root, "train", transform=train_transforms(crop),
                     num_classes=config.num_classes)
-        val = SBD(config.data_root, "val", transform=val_transforms(512),
+        val = SBD(root, "val", transform=val_transforms(512),
                   num_classes=config.num_classes)
         return train, val
     raise ValueError(f"unknown dataset {config.dataset!r}")
@@ -137,13 +155,13 @@ def build_train_loader(dataset: Dataset, config: TrainConfig, ctx: DistContext) 
     before each epoch (the trainer does).
     """
     batch = per_rank_batch(config, ctx)
-    n = len(dataset)  # type: ignore[arg-type]
+    n = dataset_len(dataset)
     if n < config.batch_size:
         raise ConfigError(
             "batch_size", f"(global) must be at most the training set's {n} items, got "
             f"{config.batch_size}"
         )
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                  shuffle=True, seed=config.seed, drop_last=True)
     return DataLoader(
         dataset,
@@ -164,7 +182,7 @@ def build_val_loader(dataset: Dataset, config: TrainConfig, ctx: DistContext) ->
     It has its own generator so that validating draws nothing from the global torch RNG: a run
     that validates (or re-validates after a resume) trains on exactly as if it had not.
     """
-    sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
+    sampler = ShardSampler(dataset_len(dataset), ctx.rank, ctx.world_size)
     return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=config.workers,
                       pin_memory=ctx.device.type == "cuda",
                       generator=torch.Generator().manual_seed(config.seed))

@@ -17,10 +17,10 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .config import ConfigError, TrainConfig, flag_name, resume_policy
-from .data import build_datasets, build_train_loader, build_val_loader, epoch_seed
+from .data import build_datasets, build_train_loader, build_val_loader, dataset_len, epoch_seed
 from .distributed import (
     DistContext,
     all_gather_objects,
@@ -59,6 +59,12 @@ __all__ = ["Trainer", "build_model", "seed_everything"]
 LossFn = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
 # (preds list of (K,H,W) float arrays in [0,1], gts list of (K,H,W) bool arrays) -> metrics dict
 ScoreFn = Callable[[list[np.ndarray], list[np.ndarray]], dict[str, float]]
+
+# Keys the trainer writes itself into a validation record; a scorer may not return them (a
+# scorer's "loss" would silently replace the validation loss, its "epoch" the record's epoch).
+_RESERVED_METRICS = frozenset(
+    {"loss", "seconds", "scored_images", "scoring_error", "kind", "epoch", "iteration", "time"}
+)
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CKPT_NAME = "checkpoint.pt"
@@ -195,7 +201,9 @@ class Trainer:
         train_set, val_set: datasets of dict items (default: ``build_datasets(config)``).
         loss_fn: ``(output, edges, valid) -> scalar`` (default: ``dynfuse.losses.dff_loss``).
         scorer: validation metrics from probability maps (default: MF-ODS via ``dynfuse.eval``
-            when importable; None: validation loss only).
+            when importable; None: validation loss only). Its keys must not be ones the trainer
+            writes itself (``loss``, ``seconds``, ``scored_images``, ``scoring_error``, ``kind``,
+            ``epoch``, ``iteration``, ``time``): such a result is reported as a scoring failure.
         ctx: process placement (default: ``init_distributed(config.device)``).
     """
 
@@ -207,9 +215,13 @@ class Trainer:
         train_set: Dataset | None = None,
         val_set: Dataset | None = None,
         loss_fn: LossFn | None = None,
-        scorer: ScoreFn | None | str = "default",
+        scorer: ScoreFn | Literal["default"] | None = "default",
         ctx: DistContext | None = None,
     ) -> None:
+        if isinstance(scorer, str) and scorer != "default":
+            raise ValueError(f"scorer must be a callable, 'default' or None, got {scorer!r}")
+        if scorer is not None and not isinstance(scorer, str) and not callable(scorer):
+            raise TypeError(f"scorer must be a callable, 'default' or None, got {type(scorer).__name__}")
         self.config = config
         self._owns_ctx = ctx is None
         self.ctx = ctx if ctx is not None else init_distributed(config.device)
@@ -240,7 +252,7 @@ class Trainer:
         # Ranks draw different augmentations (and the main RNGs go on from here).
         seed_everything(config.seed + 1_000_003 * self.ctx.rank)
         self.loss_fn = loss_fn if loss_fn is not None else _default_loss()
-        self.scorer = default_scorer(config) if scorer == "default" else scorer
+        self.scorer: ScoreFn | None = default_scorer(config) if scorer == "default" else scorer
 
         base = base.to(self.device)
         self.model: nn.Module = base
@@ -356,9 +368,12 @@ class Trainer:
         except ImportError:
             print(text, flush=True)
 
-    def _record(self, kind: str, *, epoch: int | None = None, **fields: Any) -> dict[str, Any]:
+    def _record(
+        self, kind: str, fields: Mapping[str, Any], *, epoch: int | None = None
+    ) -> dict[str, Any]:
         # "epoch" is 1-based: the epoch in progress (train) or just finished (epoch, val);
-        # 0 for a validation of the untrained model.
+        # 0 for a validation of the untrained model. ``fields`` are the record's values (a
+        # mapping, so that none of them can land in the ``epoch`` argument).
         epoch = self.epoch if epoch is None else epoch
         rec = {"kind": kind, "epoch": epoch, "iteration": self.iteration, **fields}
         self.history.append(rec)
@@ -607,8 +622,8 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 now = time.perf_counter()
                 ips = images_window / max(now - t_window, 1e-9)
-                self._record("train", epoch=self.epoch + 1, loss=mean_loss,
-                             lr=self.optimizer.param_groups[0]["lr"], images_per_s=ips)
+                self._record("train", {"loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                                       "images_per_s": ips}, epoch=self.epoch + 1)
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
                 epoch_sum += window
@@ -623,20 +638,26 @@ class Trainer:
         n_images = self.steps_per_epoch * cfg.batch_size
         summary = {"loss": float(stats[0] / max(float(stats[1]), 1.0)),
                    "images_per_s": n_images / max(elapsed, 1e-9), "seconds": elapsed}
-        self._record("epoch", **summary)
+        self._record("epoch", summary)
         return summary
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self) -> dict[str, Any]:
         """Validation loss over the whole validation set (sharded over ranks) and, on rank 0,
-        MF-ODS / MF-OIS / mean AP of the fused output on the first ``val_max_images`` images."""
+        MF-ODS / MF-OIS / mean AP of the fused output on the first ``val_max_images`` images.
+
+        Returns:
+            ``{"loss": float, "seconds": float}``, and with a scorer on rank 0 its metrics (floats)
+            plus ``"scored_images"`` (int); when scoring failed, ``"scoring_error"`` (str) instead of
+            the scorer's metrics.
+        """
         cfg = self.config
         model = _unwrap(self.model)
         was_training = model.training
         model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         preds: list[tuple[int, np.ndarray, np.ndarray]] = []
-        limit = cfg.val_max_images if cfg.val_max_images is not None else len(self.val_set)
+        limit = cfg.val_max_images if cfg.val_max_images is not None else dataset_len(self.val_set)
         indices = self.val_loader.sampler.indices  # type: ignore[attr-defined]
         t0 = time.perf_counter()
         for idx, batch in zip(indices, self.val_loader, strict=True):
@@ -652,7 +673,7 @@ class Trainer:
                 prob, gt = _scoring_maps(output.fuse[0], edges[0], valid[0], cfg.val_scale)
                 preds.append((idx, prob, gt))
         all_reduce_sum(self.ctx, sums)
-        metrics = {"loss": float(sums[0] / max(float(sums[1]), 1.0))}
+        metrics: dict[str, Any] = {"loss": float(sums[0] / max(float(sums[1]), 1.0))}
         if self.scorer is not None:
             gathered = gather_objects(self.ctx, preds)
             if gathered is not None:
@@ -660,7 +681,12 @@ class Trainer:
                 if items:
                     probs = [p.astype(np.float32) for _, p, _ in items]
                     try:
-                        metrics.update(self.scorer(probs, [g for _, _, g in items]))
+                        scores = self.scorer(probs, [g for _, _, g in items])
+                        clash = sorted(_RESERVED_METRICS.intersection(scores))
+                        if clash:
+                            raise ValueError(f"the scorer returned the reserved key(s) {clash}, which the "
+                                             "trainer writes itself; rename them")
+                        metrics.update(scores)
                     except Exception as exc:  # a scoring failure must not end a long run
                         warnings.warn(f"validation scoring failed ({type(exc).__name__}: {exc}); "
                                       "reporting the validation loss only", stacklevel=2)
@@ -669,7 +695,7 @@ class Trainer:
         metrics["seconds"] = time.perf_counter() - t0
         if was_training:
             model.train()
-        self._record("val", **metrics)
+        self._record("val", metrics)
         if not math.isfinite(metrics["loss"]):
             if not self.epoch:
                 raise FloatingPointError(
@@ -682,7 +708,7 @@ class Trainer:
             )
         return metrics
 
-    def _describe_val(self, metrics: dict[str, float]) -> str:
+    def _describe_val(self, metrics: dict[str, Any]) -> str:
         text = f"val loss {metrics['loss']:.4f}"
         if "mf_ods" in metrics:
             text += (f"  MF-ODS {100 * metrics['mf_ods']:.1f}%"
@@ -723,7 +749,7 @@ class Trainer:
                         + self._describe_val(metrics))
         if self.ctx.is_main:
             self._print(
-                f"training {cfg.model}/{cfg.backbone} on {cfg.dataset}: {len(self.train_set)} "
+                f"training {cfg.model}/{cfg.backbone} on {cfg.dataset}: {dataset_len(self.train_set)} "
                 f"images, {self.steps_per_epoch} iterations/epoch, {cfg.epochs} epochs, "
                 f"global batch {cfg.batch_size} on {self.ctx.world_size} process(es) "
                 f"({self.device}), amp={cfg.amp}"

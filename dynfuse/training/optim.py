@@ -52,7 +52,8 @@ def build_param_groups(
             f"got {type(base).__name__} without one"
         )
     backbone_ids = {id(p) for p in backbone.parameters()}
-    backbone_params, head_params = [], []
+    backbone_params: list[nn.Parameter] = []
+    head_params: list[nn.Parameter] = []
     for p in base.parameters():
         if not p.requires_grad:
             continue
@@ -120,9 +121,9 @@ class PolyLR(LRScheduler):
         self.power = float(power)
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:  # base_lrs may hold tensor rates (torch's type)
         factor = poly_factor(self.last_epoch, self.max_iters, self.power)
         return [base_lr * factor for base_lr in self.base_lrs]
 
-    def _get_closed_form_lr(self) -> list[float]:
+    def _get_closed_form_lr(self) -> list[float | torch.Tensor]:
         return self.get_lr()
