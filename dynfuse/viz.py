@@ -330,11 +330,16 @@ def class_name(num_classes: int | None, index: int) -> str:
 
 
 def fusion_input_names(num_inputs: int) -> list[str]:
-    """Names of the S+1 fused inputs in the weights' order: ``["Side5", "Side1", ..., "SideS"]``
-    (index 0 is the class's own Side5 map, 1..S the shared lower-level maps, lowest first)."""
+    """Names of the S+1 fused inputs in the weights' order: ``["Side5", "Side1", ..., "SideS"]``.
+
+    Index 0 is the class's own map from the top level (the paper's Side5, on res5), 1..S the shared
+    lower-level maps, lowest first. With S >= 5 lower levels the top one is named ``Side<S+1>``
+    so that the names stay distinct.
+    """
     if num_inputs < 1:
         raise ValueError(f"expected at least one fused input, got {num_inputs}")
-    return ["Side5"] + [f"Side{j}" for j in range(1, num_inputs)]
+    s = num_inputs - 1
+    return [f"Side{max(5, s + 1)}"] + [f"Side{j}" for j in range(1, s + 1)]
 
 
 def _as_float_array(x, what: str) -> np.ndarray:
@@ -425,7 +430,7 @@ def plot_fusion_weights(
             (Cityscapes) or 20 (SBD), else ``"class k"``.
         image: the input image, (H, W, 3) RGB uint8 or float in [0, 1], shown on the left.
         edges: edge probabilities of the class, (H, W) or (K, H, W) (then ``class_index`` picks),
-            in [0, 1]; drawn over the image in the class colour.
+            in [0, 1], at the image's size; shown under the image (needs ``image``).
         class_label: overrides the class name in the titles.
         activation: ``"softmax"`` applies the head's softmax over the S+1 inputs first (the model
             returns weights before it); None shows them as returned.
@@ -446,41 +451,53 @@ def plot_fusion_weights(
         panels = e / e.sum(axis=axis, keepdims=True)
     if class_label is None and class_index is not None:
         class_label = class_name(k, class_index)
-    shown = _image_with_edges(image, edges, class_index, k)
-    image_title = "image" + (f" + '{class_label}' edges" if edges is not None and class_label else "")
+    img = None if image is None else _as_display_image(image)
+    shown = (img, _edge_panel(edges, img, class_index))
     value_label = "fusion weight" + (" (after softmax)" if activation else "")
     if panels.ndim == 3:
-        return _plot_adaptive(panels, (shown, image_title), class_label, value_label, title, panel_inches)
-    return _plot_matrix(panels, (shown, image_title), class_index, class_label, k, value_label, title,
-                        panel_inches)
+        return _plot_adaptive(panels, shown, class_label, value_label, title, panel_inches)
+    return _plot_matrix(panels, shown, class_index, class_label, k, value_label, title, panel_inches)
 
 
-def _image_with_edges(image, edges, class_index: int | None, k: int | None) -> np.ndarray | None:
-    """The image panel's pixels: the image, dimmed where class edges are drawn over it."""
-    if image is None:
-        if edges is not None:
-            raise ValueError("edges are drawn over the image: pass image= as well")
-        return None
-    img = _as_display_image(image)
+def _edge_panel(edges, image: np.ndarray | None, class_index: int | None) -> np.ndarray | None:
+    """The class's (H, W) edge probabilities shown beside the weights (None: not given)."""
     if edges is None:
-        return img
+        return None
+    if image is None:
+        raise ValueError("edges are shown under the image: pass image= as well")
     e = _as_float_array(edges, "edges")
     if e.ndim == 3:
         if class_index is None or not 0 <= class_index < e.shape[0]:
             raise ValueError(f"class_index must pick one of the {e.shape[0]} edge maps, got {class_index!r}")
         e = e[class_index]
-    if e.shape != img.shape[:2]:
-        raise ValueError(f"edges of shape {e.shape} do not match the image's {img.shape[:2]}")
+    if e.ndim != 2 or e.shape != image.shape[:2]:
+        raise ValueError(f"edges of shape {e.shape} do not match the image's {image.shape[:2]}")
     if e.min() < 0 or e.max() > 1:
         raise ValueError("edges must be probabilities in [0, 1]")
-    colour = class_palette(k)[class_index] if k is not None and class_index is not None else np.ones(3)
-    a = np.clip(e, 0, 1)[..., None]
-    return (1 - a) * img * 0.6 + a * colour
+    return e
 
 
-def _plot_adaptive(panels: np.ndarray, shown: tuple[np.ndarray | None, str], class_label: str | None,
-                   value_label: str, title: str | None, panel_inches: float):
-    image, image_title = shown
+def _draw_inputs(fig, cells, image: np.ndarray | None, edges: np.ndarray | None,
+                 class_label: str | None) -> None:
+    """The image (and under it the class's edge probabilities) in the figure's first column."""
+    if image is None:
+        return
+    top, bottom, both = cells
+    ax = fig.add_subplot(both if edges is None else top)
+    ax.imshow(image, interpolation="nearest")
+    ax.set_title("image", fontsize=9)
+    ax.set_axis_off()
+    if edges is not None:
+        ax = fig.add_subplot(bottom)
+        ax.imshow(edges, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"'{class_label}' edge probability" if class_label else "edge probability",
+                     fontsize=9)
+        ax.set_axis_off()
+
+
+def _plot_adaptive(panels: np.ndarray, shown: tuple[np.ndarray | None, np.ndarray | None],
+                   class_label: str | None, value_label: str, title: str | None, panel_inches: float):
+    image, edges = shown
     n, h, wd = panels.shape
     names = fusion_input_names(n)
     cols = n + (image is not None)
@@ -492,11 +509,7 @@ def _plot_adaptive(panels: np.ndarray, shown: tuple[np.ndarray | None, str], cla
     lo, hi = float(panels.min()), float(panels.max())
     spread = float(np.abs(dev).max())
     first = cols - n
-    if image is not None:
-        ax = fig.add_subplot(grid[:, 0])
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(image_title, fontsize=9)
-        ax.set_axis_off()
+    _draw_inputs(fig, (grid[0, 0], grid[1, 0], grid[:, 0]), image, edges, class_label)
     top = bottom = None
     for j in range(n):
         ax = fig.add_subplot(grid[0, first + j])
@@ -519,10 +532,10 @@ def _plot_adaptive(panels: np.ndarray, shown: tuple[np.ndarray | None, str], cla
     return fig
 
 
-def _plot_matrix(matrix: np.ndarray, shown: tuple[np.ndarray | None, str], class_index: int | None,
-                 class_label: str | None, k: int | None, value_label: str, title: str | None,
-                 panel_inches: float):
-    image, image_title = shown
+def _plot_matrix(matrix: np.ndarray, shown: tuple[np.ndarray | None, np.ndarray | None],
+                 class_index: int | None, class_label: str | None, k: int | None, value_label: str,
+                 title: str | None, panel_inches: float):
+    image, edges = shown
     rows, n = matrix.shape
     names = fusion_input_names(n)
     if k is None:
@@ -535,13 +548,9 @@ def _plot_matrix(matrix: np.ndarray, shown: tuple[np.ndarray | None, str], class
     cols = 1 + (image is not None)
     size = (panel_inches * (cols - 1) + max(2.5, 0.7 * n + 2.2) + 0.6, max(mh, panel_inches) + 0.8)
     fig = _new_figure("plot_fusion_weights", size)
-    grid = fig.add_gridspec(1, cols + 1, width_ratios=[1.0] * (cols - 1) + [max(1.0, 0.3 * n), 0.08])
-    if image is not None:
-        ax = fig.add_subplot(grid[0, 0])
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(image_title, fontsize=9)
-        ax.set_axis_off()
-    ax = fig.add_subplot(grid[0, cols - 1])
+    grid = fig.add_gridspec(2, cols + 1, width_ratios=[1.0] * (cols - 1) + [max(1.0, 0.3 * n), 0.08])
+    _draw_inputs(fig, (grid[0, 0], grid[1, 0], grid[:, 0]), image, edges, class_label)
+    ax = fig.add_subplot(grid[:, cols - 1])
     im = ax.imshow(matrix, cmap="viridis", aspect="auto", interpolation="nearest")
     ax.set_xticks(range(n), names, fontsize=9)
     ax.set_yticks(range(rows), labels, fontsize=8 if rows > 6 else 9)
@@ -555,7 +564,7 @@ def _plot_matrix(matrix: np.ndarray, shown: tuple[np.ndarray | None, str], class
         from matplotlib.patches import Rectangle
 
         ax.add_patch(Rectangle((-0.5, class_index - 0.5), n, 1, fill=False, ec="red", lw=2))
-    fig.colorbar(im, cax=fig.add_subplot(grid[0, cols]), label=value_label)
+    fig.colorbar(im, cax=fig.add_subplot(grid[:, cols]), label=value_label)
     default = "Fusion weights per class and input (the same at every location)"
     if class_index is not None and rows > 1:
         default += f"; outlined: '{labels[class_index]}'"
@@ -834,7 +843,7 @@ def contact_sheet(
 
     A header line holds the column titles; each row is headed by its name. Tiles of a row share
     their height (:func:`contact_sheet_row` makes them so); a None tile is drawn grey with
-    "no <column>". Columns are as wide as their widest tile.
+    "no <column>", as large as its row's widest tile. Columns are as wide as their widest tile.
 
     Args:
         rows: ``(name, tiles)`` per row, each tile uint8 (h, w, 3) or None.
@@ -851,9 +860,14 @@ def contact_sheet(
     for name, tiles in rows:
         if len(tiles) != n:
             raise ValueError(f"row {name!r} has {len(tiles)} tiles for {n} columns {list(columns)}")
+    for name, tiles in rows:
+        if all(t is None for t in tiles):
+            raise ValueError(f"row {name!r} has no tile")
     heights = [max(t.shape[0] for t in tiles if t is not None) for _, tiles in rows]
-    widths = [max((t.shape[1] for _, tiles in rows for t in [tiles[c]] if t is not None), default=64)
-              for c in range(n)]
+    # a missing tile takes the size of its row's widest one
+    row_widths = [max(t.shape[1] for t in tiles if t is not None) for _, tiles in rows]
+    widths = [max(t.shape[1] if t is not None else rw for (_, tiles), rw in zip(rows, row_widths, strict=True)
+                  for t in [tiles[c]]) for c in range(n)]
     line = font_size + 6
     total_w = sum(widths) + gap * (n + 1)
     total_h = line + sum(h + line + gap for h in heights) + gap
@@ -864,12 +878,12 @@ def contact_sheet(
     for c, title in enumerate(columns):
         draw.text((xs[c], 2), title, fill=(0, 0, 0), font=font)
     y = line
-    for (name, tiles), h in zip(rows, heights, strict=True):
+    for (name, tiles), h, rw in zip(rows, heights, row_widths, strict=True):
         draw.text((gap, y + 2), name, fill=(60, 60, 60), font=font)
         y += line
         for c, tile in enumerate(tiles):
             if tile is None:
-                draw.rectangle([xs[c], y, xs[c] + widths[c] - 1, y + h - 1], fill=(200, 200, 200))
+                draw.rectangle([xs[c], y, xs[c] + rw - 1, y + h - 1], fill=(200, 200, 200))
                 draw.text((xs[c] + 4, y + 4), f"no {columns[c]}", fill=(0, 0, 0), font=font)
             else:
                 sheet.paste(Image.fromarray(np.ascontiguousarray(tile)), (xs[c], y))
