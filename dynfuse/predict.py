@@ -6,8 +6,8 @@ For every input image ``<name>.<ext>`` it writes
   index, 3 digits) holding the class's edge probability ``round(65535 * sigmoid(fuse))``; this is
   the layout SEAL-style evaluation (``dynfuse-eval``) reads;
 * ``<out>/overlay/<name>.png``: the image with its class-coloured edges blended in (RGB, 8-bit);
-* ``<out>/contact_sheet.png`` with ``--contact-sheet [N]``: image | ground truth (with
-  ``--gt-dir``) | prediction for the first N images written (:func:`write_contact_sheet`);
+* ``<out>/contact_sheet.png`` with ``--contact-sheet``: image | ground truth (with ``--gt-dir``) |
+  prediction for the first ``--sheet-rows`` images written (:func:`write_contact_sheet`);
 * ``<out>/manifest.json`` (:mod:`dynfuse.eval.manifest`): marked incomplete before the first map is
   (over)written and complete, with the images written and skipped, the checkpoint, the settings
   and the versions, only after the last one. ``dynfuse-eval`` refuses a folder whose run did not
@@ -374,14 +374,14 @@ class _ContactSheet:
 def _contact_sheet_for(args: argparse.Namespace, images: Sequence[Path],
                        num_classes: int) -> _ContactSheet | None:
     """The contact sheet the arguments ask for (None: none), its ground truth checked."""
-    if args.contact_sheet is None:
+    if not args.contact_sheet:
         if args.gt_dir is not None:
             raise ValueError("--gt-dir is read for the contact sheet only: add --contact-sheet")
         return None
     gt_dir = Path(args.gt_dir) if args.gt_dir is not None else None
     if gt_dir is not None:
-        _check_gt_dir(gt_dir, images, num_classes, args.contact_sheet)
-    return _ContactSheet(args.contact_sheet, gt_dir, num_classes, args.sheet_height)
+        _check_gt_dir(gt_dir, images, num_classes, args.sheet_rows)
+    return _ContactSheet(args.sheet_rows, gt_dir, num_classes, args.sheet_height)
 
 
 def _map_folders(out_dir: Path) -> list[Path]:
@@ -462,9 +462,11 @@ def build_parser(prog: str = _PROG) -> argparse.ArgumentParser:
                    help="skip images that cannot be decoded (listed on the console and in "
                         "manifest.json) instead of stopping at the first one")
     p.add_argument("--no-overlay", action="store_true", help="only write the probability maps")
-    p.add_argument("--contact-sheet", type=_positive_int, nargs="?", const=16, default=None, metavar="N",
+    p.add_argument("--contact-sheet", action="store_true",
                    help=f"also write {CONTACT_SHEET_NAME}: image | ground truth (with --gt-dir) | "
-                        "prediction for the first N images written (default N: 16)")
+                        "prediction, one row per image, for the first --sheet-rows images written")
+    p.add_argument("--sheet-rows", type=_positive_int, default=16, metavar="N",
+                   help="contact sheet: number of images (default: 16)")
     p.add_argument("--gt-dir", default=None,
                    help="for the contact sheet: folder of bit-packed edge PNGs (dynfuse-prepare "
                         "labels) named <image name>.png")
