@@ -280,6 +280,52 @@ def save_fusion_weights(
     return img
 
 
+def plot_pr_curves(
+    path: str | os.PathLike,
+    result,
+    classes: Sequence[int] | None = None,
+    *,
+    title: str | None = None,
+) -> None:
+    """PR curves per class of an :class:`dynfuse.eval.EvalResult` (or its ``to_dict()``),
+    with the ODS point marked and the settings in the caption, written as a PNG.
+
+    Needs matplotlib (``pip install dynfuse[eval]``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("plot_pr_curves needs matplotlib: pip install 'dynfuse[eval]'") from e
+    d = result.to_dict() if hasattr(result, "to_dict") else result
+    entries = d["classes"]
+    if classes is not None:
+        entries = [entries[i] for i in classes]
+    pal = palette_for(len(d["classes"])) / 255.0
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for e in entries:
+        if "pr" not in e:
+            raise ValueError("result has no PR data (to_dict(include_pr=False)?)")
+        c = pal[e["index"]]
+        ax.plot(e["pr"]["recall"], e["pr"]["precision"], color=c, lw=1.2,
+                label=f"{e['name']} ODS={100 * e['ods']:.1f}")
+        ax.plot([e["ods_recall"]], [e["ods_precision"]], "o", color=c, ms=4)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    s = d["settings"]
+    ax.set_title(title or f"MF-ODS {100 * d['mf_ods']:.1f}")
+    fig.text(0.01, 0.01, f"max_dist={s['max_dist']} thin={s['thin']} thin_gt={s['thin_gt']} "
+             f"margin={s['margin']} instance_sensitive={s['instance_sensitive']}", fontsize=7)
+    ax.legend(fontsize=6, loc="lower left", ncol=2)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- labelled figures (matplotlib)
 def _require_matplotlib(what: str):
     """The matplotlib modules a labelled figure needs, or an ImportError that says how to get them."""
@@ -889,49 +935,3 @@ def contact_sheet(
                 sheet.paste(Image.fromarray(np.ascontiguousarray(tile)), (xs[c], y))
         y += h + gap
     return np.asarray(sheet)
-
-
-def plot_pr_curves(
-    path: str | os.PathLike,
-    result,
-    classes: Sequence[int] | None = None,
-    *,
-    title: str | None = None,
-) -> None:
-    """PR curves per class of an :class:`dynfuse.eval.EvalResult` (or its ``to_dict()``),
-    with the ODS point marked and the settings in the caption, written as a PNG.
-
-    Needs matplotlib (``pip install dynfuse[eval]``).
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("plot_pr_curves needs matplotlib: pip install 'dynfuse[eval]'") from e
-    d = result.to_dict() if hasattr(result, "to_dict") else result
-    entries = d["classes"]
-    if classes is not None:
-        entries = [entries[i] for i in classes]
-    pal = palette_for(len(d["classes"])) / 255.0
-    fig, ax = plt.subplots(figsize=(6, 6))
-    for e in entries:
-        if "pr" not in e:
-            raise ValueError("result has no PR data (to_dict(include_pr=False)?)")
-        c = pal[e["index"]]
-        ax.plot(e["pr"]["recall"], e["pr"]["precision"], color=c, lw=1.2,
-                label=f"{e['name']} ODS={100 * e['ods']:.1f}")
-        ax.plot([e["ods_recall"]], [e["ods_precision"]], "o", color=c, ms=4)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.grid(alpha=0.3)
-    s = d["settings"]
-    ax.set_title(title or f"MF-ODS {100 * d['mf_ods']:.1f}")
-    fig.text(0.01, 0.01, f"max_dist={s['max_dist']} thin={s['thin']} thin_gt={s['thin_gt']} "
-             f"margin={s['margin']} instance_sensitive={s['instance_sensitive']}", fontsize=7)
-    ax.legend(fontsize=6, loc="lower left", ncol=2)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
