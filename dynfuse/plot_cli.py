@@ -20,12 +20,14 @@ _PROG = "dynfuse-plot"
 def build_parser(prog: str = _PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Pictures from the files a dynfuse run wrote.")
     sub = p.add_subparsers(dest="what", required=True, metavar="{metrics}")
-    m = sub.add_parser("metrics", help="training curves (loss, MF-ODS/OIS/AP, images/s) from metrics.jsonl",
-                       description="Training curves of a dynfuse-train run from its metrics.jsonl: loss, "
-                                   "validation scores and throughput per epoch.")
+    m = sub.add_parser(
+        "metrics",
+        help="training curves (loss, MF-ODS/OIS/AP, images/s) from metrics.jsonl",
+        description="Training curves of a dynfuse-train run from its metrics.jsonl: loss, "
+        "validation scores and throughput per epoch.",
+    )
     m.add_argument("run_dir", help="the run folder (holding metrics.jsonl) or the metrics.jsonl file")
-    m.add_argument("--output", "-o", default=None,
-                   help="PNG to write (default: <run folder>/curves.png)")
+    m.add_argument("--output", "-o", default=None, help="PNG to write (default: <run folder>/curves.png)")
     m.add_argument("--title", default=None, help="figure title (default: the run folder's name)")
     return p
 

@@ -54,10 +54,25 @@ def train(run_dir: Path, epochs: int) -> Path:
     from dynfuse.training import TrainConfig, Trainer
     from dynfuse.training.distributed import DistContext
 
-    cfg = TrainConfig(dataset="synthetic", backbone="tiny", num_classes=NUM_CLASSES, epochs=epochs,
-                      train_length=160, val_length=12, crop_size=64, batch_size=8, lr=0.1,
-                      val_every=2, val_at_start=True, log_every=6, output_dir=str(run_dir),
-                      tensorboard=False, progress=False, device="cpu", seed=0)
+    cfg = TrainConfig(
+        dataset="synthetic",
+        backbone="tiny",
+        num_classes=NUM_CLASSES,
+        epochs=epochs,
+        train_length=160,
+        val_length=12,
+        crop_size=64,
+        batch_size=8,
+        lr=0.1,
+        val_every=2,
+        val_at_start=True,
+        log_every=6,
+        output_dir=str(run_dir),
+        tensorboard=False,
+        progress=False,
+        device="cpu",
+        seed=0,
+    )
     trainer = Trainer(cfg, ctx=DistContext())
     try:
         trainer.fit(validate_first=True)
@@ -115,13 +130,18 @@ def bench_figure(record: Path, out: Path) -> None:
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     width = 0.8 / len(backends)
-    for ax, column, label in ((axes[0], "fwd+bwd ms", "forward + backward (ms)"),
-                              (axes[1], "peak extra MB", "peak extra memory (MB)")):
+    for ax, column, label in (
+        (axes[0], "fwd+bwd ms", "forward + backward (ms)"),
+        (axes[1], "peak extra MB", "peak extra memory (MB)"),
+    ):
         for b, backend in enumerate(backends):
-            values = [next(float(r[column]) for r in rows if r["shape"] == s and r["backend"] == backend)
-                      for s in shapes]
-            bars = ax.bar(np.arange(len(shapes)) + (b - (len(backends) - 1) / 2) * width, values, width,
-                          label=backend)
+            values = [
+                next(float(r[column]) for r in rows if r["shape"] == s and r["backend"] == backend)
+                for s in shapes
+            ]
+            bars = ax.bar(
+                np.arange(len(shapes)) + (b - (len(backends) - 1) / 2) * width, values, width, label=backend
+            )
             ax.bar_label(bars, fmt="%.0f" if max(values) >= 20 else "%.1f", fontsize=7)
         ax.set_xticks(range(len(shapes)), [f"B x H x W = {s}" for s in shapes])
         ax.set_ylabel(label)
@@ -132,8 +152,11 @@ def bench_figure(record: Path, out: Path) -> None:
             ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, title="backend", title_fontsize=8)
-    fig.suptitle(f"Fusion op, K=19, S=3, adaptive weights, {dtype} "
-                 f"({device.group(1) if device else 'CPU'}; {record.relative_to(ROOT)})", fontsize=10)
+    fig.suptitle(
+        f"Fusion op, K=19, S=3, adaptive weights, {dtype} "
+        f"({device.group(1) if device else 'CPU'}; {record.relative_to(ROOT)})",
+        fontsize=10,
+    )
     save_figure(out, fig, dpi=110)
 
 
@@ -153,22 +176,27 @@ def main(argv: list[str] | None = None) -> int:
         model, _ = load_model_for_inference(checkpoint)
         data = scenes(12)
         probs = [predict_probabilities(model, image) for image, _ in data]
-        rows = [(f"test scene {i}", contact_sheet_row(image, p, gt, with_gt=True))
-                for i, ((image, gt), p) in enumerate(zip(data[:3], probs[:3], strict=True))]
+        rows = [
+            (f"test scene {i}", contact_sheet_row(image, p, gt, with_gt=True))
+            for i, ((image, gt), p) in enumerate(zip(data[:3], probs[:3], strict=True))
+        ]
         from PIL import Image
 
         sheet = contact_sheet(rows, ("image", "ground truth", "prediction"))
         Image.fromarray(sheet).save(out / "edge_maps.png")
         fusion_weights_figure(model, data[0][0], data[0][1], probs[0], out / "fusion_weights.png")
-        result = evaluate_edges(probs, [gt for _, gt in data], max_dist=0.02, thresholds=33,
-                                thin_gt=True)
-        title = (f"tiny DFF, {len(data)} unseen {SCENE}x{SCENE} synthetic scenes: "
-                 f"MF-ODS {100 * result.mf_ods:.1f}%")
+        result = evaluate_edges(probs, [gt for _, gt in data], max_dist=0.02, thresholds=33, thin_gt=True)
+        title = (
+            f"tiny DFF, {len(data)} unseen {SCENE}x{SCENE} synthetic scenes: "
+            f"MF-ODS {100 * result.mf_ods:.1f}%"
+        )
         plot_pr_curves(out / "pr_curves.png", result, title=title)
         plot_metrics(run_dir, out / "training_curves.png", title="tiny DFF on synthetic scenes (CPU)")
     bench_figure(ROOT / "benchmarks" / "results" / "fusion_cpu.md", out / "bench_fusion_cpu.png")
-    print(f"wrote {', '.join(sorted(p.name for p in out.glob('*.png')))} to {out} "
-          f"in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"wrote {', '.join(sorted(p.name for p in out.glob('*.png')))} to {out} "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
     return 0
 
 
