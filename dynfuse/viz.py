@@ -13,9 +13,13 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: viz imports neither torch nor matplotlib at start-up
+    import torch
+    from matplotlib.figure import Figure
 
 from .data.classes import CITYSCAPES_CLASSES, SBD_CLASSES
 
@@ -337,7 +341,7 @@ def _require_matplotlib(what: str):
     return Figure, FigureCanvasAgg
 
 
-def _new_figure(what: str, figsize: tuple[float, float]):
+def _new_figure(what: str, figsize: tuple[float, float]) -> Figure:
     """A matplotlib Figure on its own Agg canvas: no pyplot state, the same on every backend."""
     Figure, FigureCanvasAgg = _require_matplotlib(what)
     fig = Figure(figsize=figsize, layout="constrained")
@@ -345,7 +349,7 @@ def _new_figure(what: str, figsize: tuple[float, float]):
     return fig
 
 
-def figure_to_rgb(fig, *, dpi: float = 100) -> np.ndarray:
+def figure_to_rgb(fig: Figure, *, dpi: float = 100) -> np.ndarray:
     """Render a matplotlib Figure to uint8 (H, W, 3) RGB pixels (what :func:`save_figure` writes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -355,7 +359,7 @@ def figure_to_rgb(fig, *, dpi: float = 100) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_figure(path: str | os.PathLike, fig, *, dpi: float = 100) -> np.ndarray:
+def save_figure(path: str | os.PathLike, fig: Figure, *, dpi: float = 100) -> np.ndarray:
     """Write a matplotlib Figure as a PNG atomically (a reader never sees half a file); returns
     the uint8 (H, W, 3) pixels written."""
     from PIL import Image
@@ -441,16 +445,16 @@ def _weights_for_class(w: np.ndarray, class_index: int | None) -> tuple[np.ndarr
 
 
 def plot_fusion_weights(
-    weights,
+    weights: np.ndarray | torch.Tensor,
     class_index: int | None = None,
     *,
-    image=None,
-    edges=None,
+    image: np.ndarray | torch.Tensor | None = None,
+    edges: np.ndarray | torch.Tensor | None = None,
     class_label: str | None = None,
     activation: str | None = None,
     title: str | None = None,
     panel_inches: float = 2.2,
-):
+) -> Figure:
     """A labelled figure of DFF fusion weights (needs matplotlib, ``dynfuse[eval]``).
 
     Location-adaptive weights (one map per fused input) are drawn in two rows:
@@ -484,8 +488,8 @@ def plot_fusion_weights(
         panel_inches: width of one panel in inches.
 
     Returns:
-        a :class:`matplotlib.figure.Figure` (not registered with pyplot; save it with
-        :func:`save_figure` or ``fig.savefig``).
+        The figure, a matplotlib ``Figure`` not registered with pyplot (save it with
+        ``save_figure`` or ``fig.savefig``).
     """
     w = _as_float_array(weights, "weights")
     panels, class_index, k = _weights_for_class(w, class_index)
@@ -542,7 +546,8 @@ def _draw_inputs(fig, cells, image: np.ndarray | None, edges: np.ndarray | None,
 
 
 def _plot_adaptive(panels: np.ndarray, shown: tuple[np.ndarray | None, np.ndarray | None],
-                   class_label: str | None, value_label: str, title: str | None, panel_inches: float):
+                   class_label: str | None, value_label: str, title: str | None,
+                   panel_inches: float) -> Figure:
     image, edges = shown
     n, h, wd = panels.shape
     names = fusion_input_names(n)
@@ -580,7 +585,7 @@ def _plot_adaptive(panels: np.ndarray, shown: tuple[np.ndarray | None, np.ndarra
 
 def _plot_matrix(matrix: np.ndarray, shown: tuple[np.ndarray | None, np.ndarray | None],
                  class_index: int | None, class_label: str | None, k: int | None, value_label: str,
-                 title: str | None, panel_inches: float):
+                 title: str | None, panel_inches: float) -> Figure:
     image, edges = shown
     rows, n = matrix.shape
     names = fusion_input_names(n)
@@ -686,7 +691,7 @@ def load_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
         run_dir: a run folder (holding ``metrics.jsonl``) or the file itself.
 
     Returns:
-        ``{"train": [...], "epoch": [...], "val": [...]}`` of record dicts as written.
+        The record dicts as written, by kind (keys ``train``, ``epoch`` and ``val``).
 
     Raises:
         MetricsFileError: no such file, a line that is not a JSON object with a ``kind``, or no
@@ -752,7 +757,7 @@ def _train_position(metrics: dict[str, list[dict[str, Any]]]):
 
 
 def plot_metrics(run_dir: str | os.PathLike, path: str | os.PathLike | None = None, *,
-                 title: str | None = None):
+                 title: str | None = None) -> Figure:
     """Training curves of a ``dynfuse-train`` run from its ``metrics.jsonl`` (needs matplotlib).
 
     Three panels against the epoch: the loss (train loss between log points, its mean per epoch,
@@ -766,7 +771,7 @@ def plot_metrics(run_dir: str | os.PathLike, path: str | os.PathLike | None = No
         title: default: the run folder's name.
 
     Returns:
-        a :class:`matplotlib.figure.Figure`.
+        The figure, a matplotlib ``Figure`` not registered with pyplot.
     """
     metrics = load_metrics(run_dir)
     fig = _new_figure("plot_metrics", (13.0, 3.8))
