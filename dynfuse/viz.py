@@ -561,23 +561,23 @@ def _plot_adaptive(panels: np.ndarray, shown: tuple[np.ndarray | None, np.ndarra
     spread = float(np.abs(dev).max())
     first = cols - n
     _draw_inputs(fig, (grid[0, 0], grid[1, 0], grid[:, 0]), image, edges, class_label)
-    top = bottom = None
+    top, bottom = [], []  # the panels' images; one colour bar per row (all share its scale)
     for j in range(n):
         ax = fig.add_subplot(grid[0, first + j])
-        top = ax.imshow(panels[j], cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-6,
-                        interpolation="nearest")
+        top.append(ax.imshow(panels[j], cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-6,
+                             interpolation="nearest"))
         what = f"{names[j]} ({class_label})" if j == 0 and class_label else names[j]
         ax.set_title(f"{what}\nmean {means[j]:.3g}, sd {panels[j].std():.2g}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         ax2 = fig.add_subplot(grid[1, first + j])
-        bottom = ax2.imshow(dev[j], cmap="RdBu_r", vmin=-spread if spread > 0 else -1e-6,
-                            vmax=spread if spread > 0 else 1e-6, interpolation="nearest")
+        bottom.append(ax2.imshow(dev[j], cmap="RdBu_r", vmin=-spread if spread > 0 else -1e-6,
+                                 vmax=spread if spread > 0 else 1e-6, interpolation="nearest"))
         ax2.set_xticks([])
         ax2.set_yticks([])
         ax2.set_xlabel(f"{names[j]} - its mean", fontsize=8)
-    fig.colorbar(top, cax=fig.add_subplot(grid[0, cols]), label=value_label)
-    fig.colorbar(bottom, cax=fig.add_subplot(grid[1, cols]), label="weight - panel mean")
+    fig.colorbar(top[0], cax=fig.add_subplot(grid[0, cols]), label=value_label)
+    fig.colorbar(bottom[0], cax=fig.add_subplot(grid[1, cols]), label="weight - panel mean")
     fig.suptitle(title or ("Location-adaptive fusion weights"
                            + (f" for '{class_label}'" if class_label else "")), fontsize=11)
     return fig
