@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python docs/scripts/make_figures.py [--out docs/figures] [--epochs 8]
 
-Trains the tiny DFF on the procedural ``Synthetic`` scenes on CPU (about a minute on 2 cores),
-then draws with :mod:`dynfuse.viz`:
+Trains the tiny DFF on the procedural ``Synthetic`` scenes on CPU (8 epochs of 160 scenes; 463 s
+wall, 166 s CPU on a shared, busy 2-core machine), then draws with :mod:`dynfuse.viz`:
 
 * ``edge_maps.png``: validation scenes | ground truth | prediction (the contact sheet
   ``dynfuse-predict --contact-sheet`` writes);
