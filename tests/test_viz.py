@@ -410,3 +410,18 @@ def test_contact_sheet_layout():
         contact_sheet([])
     with pytest.raises(ValueError, match="no tile"):
         contact_sheet([("a", [None, None])])
+
+
+def test_pictures_snippet_in_the_docs_runs(tmp_path, monkeypatch):
+    """The Python snippet of docs/evaluation.md's "Pictures" section runs as written."""
+    pytest.importorskip("matplotlib")
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    section = text[text.index("## Pictures") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/evaluation.md (Pictures)", "exec"), {})
+    for name in ("edges.png", "weights.png", "pr.png"):
+        assert Image.open(tmp_path / name).size[0] > 50
