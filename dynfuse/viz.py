@@ -353,10 +353,14 @@ def figure_to_rgb(fig: Figure, *, dpi: float = 100) -> np.ndarray:
     """Render a matplotlib Figure to uint8 (H, W, 3) RGB pixels (what :func:`save_figure` writes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    before = fig.get_dpi()
     fig.set_dpi(dpi)
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    try:
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    finally:
+        fig.set_dpi(before)  # the caller's figure keeps its resolution
 
 
 def save_figure(path: str | os.PathLike, fig: Figure, *, dpi: float = 100) -> np.ndarray:
