@@ -27,6 +27,13 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    """``dynfuse-plot metrics RUN_DIR``: training curves from a run's metrics.jsonl."""
+    from .plot_cli import main
+
+    return main(argv)
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``dynfuse-train``: the training of ``examples/train_dff.py``."""
     from .training.cli import main

@@ -6,6 +6,8 @@ For every input image ``<name>.<ext>`` it writes
   index, 3 digits) holding the class's edge probability ``round(65535 * sigmoid(fuse))``; this is
   the layout SEAL-style evaluation (``dynfuse-eval``) reads;
 * ``<out>/overlay/<name>.png``: the image with its class-coloured edges blended in (RGB, 8-bit);
+* ``<out>/contact_sheet.png`` with ``--contact-sheet``: image | ground truth (with ``--gt-dir``) |
+  prediction for the first ``--sheet-rows`` images written (:func:`write_contact_sheet`);
 * ``<out>/manifest.json`` (:mod:`dynfuse.eval.manifest`): marked incomplete before the first map is
   (over)written and complete, with the images written and skipped, the checkpoint, the settings
   and the versions, only after the last one. ``dynfuse-eval`` refuses a folder whose run did not
@@ -56,9 +58,17 @@ from .device import resolve_device
 from .eval.manifest import MANIFEST_NAME, begin_manifest, finish_manifest
 
 # The colouring lives in dynfuse.viz; these names stay importable from here.
-from .viz import class_palette, colour_edges, overlay_edges
+from .viz import (
+    CONTACT_SHEET_COLUMNS,
+    class_palette,
+    colour_edges,
+    contact_sheet,
+    contact_sheet_row,
+    overlay_edges,
+)
 
 __all__ = [
+    "CONTACT_SHEET_NAME",
     "IMAGE_EXTENSIONS",
     "class_palette",
     "colour_edges",
@@ -70,12 +80,15 @@ __all__ = [
     "read_image",
     "save_overlay",
     "save_probability_maps",
+    "write_contact_sheet",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _MEAN = IMAGENET_MEAN
 _STD = IMAGENET_STD
 _PROG = "dynfuse-predict"
+#: File name of the contact sheet in the output folder.
+CONTACT_SHEET_NAME = "contact_sheet.png"
 
 
 # ---------------------------------------------------------------- model
@@ -308,6 +321,99 @@ def save_overlay(image: np.ndarray, probs: np.ndarray, out_dir: str | Path, name
     return _save_png(Path(out_dir) / "overlay" / f"{name}.png", overlay_edges(image, probs))
 
 
+def write_contact_sheet(
+    rows: Sequence[tuple[str, Sequence[np.ndarray | None]]], out_dir: str | Path, *, with_gt: bool
+) -> Path:
+    """Write ``out_dir/contact_sheet.png`` atomically from :func:`dynfuse.viz.contact_sheet_row` rows."""
+    columns = CONTACT_SHEET_COLUMNS if with_gt else (CONTACT_SHEET_COLUMNS[0], CONTACT_SHEET_COLUMNS[2])
+    return _save_png(Path(out_dir) / CONTACT_SHEET_NAME, contact_sheet(rows, columns))
+
+
+def _gt_path(gt_dir: Path, name: str) -> Path:
+    return gt_dir / f"{name}.png"
+
+
+def _read_gt(gt_dir: Path, name: str, num_classes: int, size: tuple[int, int]) -> np.ndarray | None:
+    """The bit-packed ground truth of image ``name`` (None when the folder has none); ValueError
+    naming the file when it cannot be read or is not the image's size."""
+    from .data.codecs import read_edge_png
+
+    path = _gt_path(gt_dir, name)
+    if not path.is_file():
+        return None
+    gt = read_edge_png(path, num_classes)  # EdgeLabelError (a ValueError) names the file
+    if gt.shape[1:] != size:
+        raise ValueError(f"ground truth {str(path)!r} is {gt.shape[1]}x{gt.shape[2]}, its image "
+                         f"{size[0]}x{size[1]}")
+    return gt
+
+
+def _check_gt_dir(gt_dir: Path, images: Sequence[Path], num_classes: int, rows: int) -> None:
+    """Fail before any map is written when ``--gt-dir`` cannot serve the sheet: not a folder, none
+    of the sheet's images has a label there, or a label there is unreadable or of another size."""
+    from PIL import Image
+
+    if not gt_dir.is_dir():
+        raise ValueError(f"--gt-dir {str(gt_dir)!r} is not a folder")
+    first = images[:rows]
+    if not any(_gt_path(gt_dir, p.stem).is_file() for p in first):
+        names = ", ".join(p.stem + ".png" for p in first[:3]) + (", ..." if len(first) > 3 else "")
+        raise ValueError(f"--gt-dir {str(gt_dir)!r} has none of {names} (bit-packed edge PNGs named "
+                         "like the images)")
+    for p in first:
+        try:
+            with Image.open(p) as im:
+                size = (im.height, im.width)
+        except Exception:  # unreadable images are reported by the run itself
+            continue
+        _read_gt(gt_dir, p.stem, num_classes, size)
+
+
+class _ContactSheet:
+    """The rows of ``--contact-sheet``: tiles of the first ``max_rows`` images written."""
+
+    def __init__(self, max_rows: int, gt_dir: Path | None, num_classes: int, max_height: int) -> None:
+        self.max_rows, self.gt_dir = max_rows, gt_dir
+        self.num_classes, self.max_height = num_classes, max_height
+        self.rows: list[tuple[str, list[np.ndarray | None]]] = []
+        self.without_gt: list[str] = []
+
+    def settings(self) -> dict[str, Any]:
+        return {"file": CONTACT_SHEET_NAME, "max_rows": self.max_rows, "max_height": self.max_height,
+                "gt_dir": str(self.gt_dir.resolve()) if self.gt_dir is not None else None}
+
+    def add(self, name: str, image: np.ndarray, probs: np.ndarray) -> None:
+        """Keep this image's tiles while the sheet has room (ValueError: its GT is unusable)."""
+        if len(self.rows) >= self.max_rows:
+            return
+        gt = None
+        if self.gt_dir is not None:
+            gt = _read_gt(self.gt_dir, name, self.num_classes, image.shape[:2])
+            if gt is None:
+                self.without_gt.append(name)
+        self.rows.append((name, contact_sheet_row(image, probs, gt, with_gt=self.gt_dir is not None,
+                                                  max_height=self.max_height)))
+
+    def write(self, out_dir: Path, producer: dict[str, Any]) -> Path:
+        """Write the sheet and record its rows in the producer's settings."""
+        producer["settings"]["contact_sheet"].update(images=[n for n, _ in self.rows],
+                                                     without_gt=list(self.without_gt))
+        return write_contact_sheet(self.rows, out_dir, with_gt=self.gt_dir is not None)
+
+
+def _contact_sheet_for(args: argparse.Namespace, images: Sequence[Path],
+                       num_classes: int) -> _ContactSheet | None:
+    """The contact sheet the arguments ask for (None: none), its ground truth checked."""
+    if not args.contact_sheet:
+        if args.gt_dir is not None:
+            raise ValueError("--gt-dir is read for the contact sheet only: add --contact-sheet")
+        return None
+    gt_dir = Path(args.gt_dir) if args.gt_dir is not None else None
+    if gt_dir is not None:
+        _check_gt_dir(gt_dir, images, num_classes, args.sheet_rows)
+    return _ContactSheet(args.sheet_rows, gt_dir, num_classes, args.sheet_height)
+
+
 def _map_folders(out_dir: Path) -> list[Path]:
     """The folders of ``out_dir`` that hold per-image PNGs (class_XXX and overlay)."""
     if not out_dir.is_dir():
@@ -332,6 +438,8 @@ def _remove_temporaries(out_dir: Path) -> None:
     for folder in _map_folders(out_dir):
         for tmp in folder.glob(".*.tmp.png"):
             tmp.unlink(missing_ok=True)
+    for tmp in out_dir.glob(f".{CONTACT_SHEET_NAME}.*.tmp.png"):
+        tmp.unlink(missing_ok=True)
 
 
 def _stale_maps(out_dir: Path, names: set[str], num_classes: int) -> int:
@@ -384,8 +492,29 @@ def build_parser(prog: str = _PROG) -> argparse.ArgumentParser:
                    help="skip images that cannot be decoded (listed on the console and in "
                         "manifest.json) instead of stopping at the first one")
     p.add_argument("--no-overlay", action="store_true", help="only write the probability maps")
+    p.add_argument("--contact-sheet", action="store_true",
+                   help=f"also write {CONTACT_SHEET_NAME}: image | ground truth (with --gt-dir) | "
+                        "prediction, one row per image, for the first --sheet-rows images written")
+    p.add_argument("--sheet-rows", type=_positive_int, default=16, metavar="N",
+                   help="contact sheet: number of images (default: 16)")
+    p.add_argument("--gt-dir", default=None,
+                   help="for the contact sheet: folder of bit-packed edge PNGs (dynfuse-prepare "
+                        "labels) named <image name>.png")
+    p.add_argument("--sheet-height", type=_positive_int, default=256, metavar="PX",
+                   help="contact sheet: largest tile height; larger images shrink by an integer "
+                        "factor, edges by block maxima (default: 256)")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _check_output_dir(out_dir: Path) -> None:
@@ -403,6 +532,58 @@ def _error(message: str) -> int:
     return 2
 
 
+class _Stop(Exception):
+    """Ends a run early with this message (the manifest stays incomplete); ``hint`` closes the
+    parenthesis that says so."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _predict_each(
+    images: Any,
+    model: nn.Module,
+    spec: dict[str, Any],
+    args: argparse.Namespace,
+    device: torch.device,
+    out_dir: Path,
+    sheet: _ContactSheet | None,
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Predict and save every image; returns the names written and the inputs skipped.
+
+    Raises:
+        _Stop: an unreadable image (without ``--skip-unreadable``), a failed write, or an unusable
+            ground truth for the contact sheet.
+    """
+    written: list[str] = []
+    skipped: list[dict[str, str]] = []
+    for path in images:
+        try:
+            image = read_image(path)
+        except ValueError as exc:
+            if not args.skip_unreadable:
+                raise _Stop(str(exc), "; --skip-unreadable skips such images") from exc
+            skipped.append({"name": path.stem, "reason": str(exc)})
+            _remove_maps(out_dir, path.stem)  # an earlier run's maps of it would pass for ours
+            continue
+        probs = predict_probabilities(model, image, device=device, amp=args.amp,
+                                      mean=spec["mean"], std=spec["std"])
+        try:
+            save_probability_maps(probs, out_dir, path.stem)
+            if not args.no_overlay:
+                save_overlay(image, probs, out_dir, path.stem)
+        except OSError as exc:  # disk full, permissions: the files written so far are whole
+            raise _Stop(f"cannot write the maps of {str(path)!r} to {str(out_dir)!r}: {exc}") from exc
+        written.append(path.stem)
+        if sheet is not None:
+            try:
+                sheet.add(path.stem, image, probs)
+            except ValueError as exc:  # a ground truth past the ones checked up front
+                raise _Stop(str(exc)) from exc
+    return written, skipped
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dynfuse-predict``; returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
@@ -416,11 +597,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, spec = load_model_for_inference(
             args.checkpoint, model=args.model, backbone=args.backbone,
             num_classes=args.num_classes)
+        num_classes = int(spec["num_classes"])
+        sheet = _contact_sheet_for(args, images, num_classes)
         out_dir.mkdir(parents=True, exist_ok=True)
     except (CheckpointError, ValueError, OSError) as exc:
         return _error(str(exc))
     model = model.to(device)
-    num_classes = int(spec["num_classes"])
     producer = {
         "tool": _PROG,
         "checkpoint": str(Path(args.checkpoint).resolve()),
@@ -431,12 +613,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "device": str(device), "overlay": not args.no_overlay,
             "skip_unreadable": args.skip_unreadable,
             "inputs": [str(Path(i).resolve()) for i in args.inputs],
+            "contact_sheet": sheet.settings() if sheet is not None else None,
         },
         "versions": _versions(),
     }
     _remove_temporaries(out_dir)
     # From here until finish_manifest, the folder says "a run is writing (or died) here".
     begin_manifest(out_dir, producer)
+    # An earlier run's sheet is not this run's (and a killed run must not leave one passing for it).
+    (out_dir / CONTACT_SHEET_NAME).unlink(missing_ok=True)
     iterator: Any = images
     if not args.no_progress:
         try:
@@ -445,31 +630,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             iterator = tqdm(images, desc="predict", dynamic_ncols=True)
         except ImportError:
             pass
-    written: list[str] = []
-    skipped: list[dict[str, str]] = []
-    for path in iterator:
-        try:
-            image = read_image(path)
-        except ValueError as exc:
-            if not args.skip_unreadable:
-                return _error(f"{exc}; stopped ({out_dir / MANIFEST_NAME} marks this run "
-                              "incomplete; --skip-unreadable skips such images)")
-            skipped.append({"name": path.stem, "reason": str(exc)})
-            _remove_maps(out_dir, path.stem)  # an earlier run's maps of it would pass for ours
-            continue
-        probs = predict_probabilities(model, image, device=device, amp=args.amp,
-                                      mean=spec["mean"], std=spec["std"])
-        try:
-            save_probability_maps(probs, out_dir, path.stem)
-            if not args.no_overlay:
-                save_overlay(image, probs, out_dir, path.stem)
-        except OSError as exc:  # disk full, permissions: the files written so far are whole
-            return _error(f"cannot write the maps of {str(path)!r} to {str(out_dir)!r}: {exc}; "
-                          f"stopped ({out_dir / MANIFEST_NAME} marks this run incomplete)")
-        written.append(path.stem)
+    try:
+        written, skipped = _predict_each(iterator, model, spec, args, device, out_dir, sheet)
+    except _Stop as exc:
+        return _error(f"{exc}; stopped ({out_dir / MANIFEST_NAME} marks this run incomplete{exc.hint})")
     if not written:
         return _error(f"none of the {len(images)} image(s) could be read; nothing written "
                       f"({out_dir / MANIFEST_NAME} marks this run incomplete)")
+    if sheet is not None:
+        try:
+            sheet.write(out_dir, producer)
+        except OSError as exc:
+            return _error(f"cannot write {str(out_dir / CONTACT_SHEET_NAME)!r}: {exc}; stopped "
+                          f"({out_dir / MANIFEST_NAME} marks this run incomplete)")
     _sync(out_dir)
     finish_manifest(out_dir, images=written, num_classes=num_classes, producer=producer,
                     skipped=skipped)
@@ -478,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped {len(skipped)} unreadable image(s) (listed in {out_dir / MANIFEST_NAME}):")
         for item in skipped:
             print(f"  {item['reason']}")
+    if sheet is not None:
+        print(f"wrote {out_dir / CONTACT_SHEET_NAME} ({len(sheet.rows)} image(s))"
+              + (f"; no ground truth for {', '.join(sheet.without_gt)}" if sheet.without_gt else ""))
     stale = _stale_maps(out_dir, set(written), num_classes)
     if stale:
         print(f"note: {out_dir} also holds {stale} map(s) from an earlier run that this run did not "

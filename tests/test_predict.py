@@ -401,3 +401,75 @@ def test_bad_device_is_one_line(tmp_path, trained, capsys):
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+# ---------------------------------------------------------------- contact sheet
+def test_contact_sheet_image_gt_prediction(tmp_path, trained, capsys):
+    from dynfuse.data.codecs import write_edge_png
+    from dynfuse.viz import contact_sheet, contact_sheet_row
+
+    arrays = _images(tmp_path / "in", [(37, 50), (24, 24), (20, 30)])
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    rng = np.random.default_rng(1)
+    gts = {name: rng.random((3, *arr.shape[:2])) > 0.9 for name, arr in arrays.items()}
+    for name in ("img0", "img2"):  # img1 has no label
+        write_edge_png(gt_dir / f"{name}.png", gts[name])
+    out = tmp_path / "out"
+    rc, stdout, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(out), "--contact-sheet",
+                          "--sheet-rows", "2", "--gt-dir", str(gt_dir), "--sheet-height", "16"], capsys)
+    assert rc == 0 and "contact_sheet.png (2 image(s)); no ground truth for img1" in stdout
+    # the sheet is exactly image | GT | prediction of the first two images, from the same pieces
+    model, _ = load_model_for_inference(trained)
+    rows = [(name, contact_sheet_row(arrays[name], predict_probabilities(model, arrays[name]),
+                                     gts[name] if name == "img0" else None, with_gt=True, max_height=16))
+            for name in ("img0", "img1")]
+    want = contact_sheet(rows, ("image", "ground truth", "prediction"))
+    with Image.open(out / "contact_sheet.png") as im:
+        assert im.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(im), want)
+    assert rows[0][1][0].shape == (13, 17, 3)  # 37x50 shrunk by 3 for --sheet-height 16
+    manifest = check_manifest(out, num_classes=3)
+    assert manifest["images"] == ["img0", "img1", "img2"]  # the maps of every image, as before
+    sheet = manifest["producer"]["settings"]["contact_sheet"]
+    assert sheet == {"file": "contact_sheet.png", "max_rows": 2, "max_height": 16,
+                     "gt_dir": str(gt_dir.resolve()), "images": ["img0", "img1"], "without_gt": ["img1"]}
+
+    # without --gt-dir: image | prediction; a rerun without --contact-sheet removes the old sheet
+    rc, _, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(out), "--contact-sheet"], capsys)
+    with Image.open(out / "contact_sheet.png") as im:
+        width = im.size[0]
+    assert rc == 0 and width == 6 + (50 + 6) + (50 + 6)  # two columns as wide as the widest image
+    settings = check_manifest(out, 3)["producer"]["settings"]
+    assert settings["contact_sheet"]["images"] == ["img0", "img1", "img2"]
+    rc, _, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(out)], capsys)
+    assert rc == 0 and not (out / "contact_sheet.png").exists()
+    assert check_manifest(out, 3)["producer"]["settings"]["contact_sheet"] is None
+
+
+def test_contact_sheet_bad_ground_truth_fails_before_any_map(tmp_path, trained, capsys):
+    from dynfuse.data.codecs import write_edge_png
+
+    _images(tmp_path / "in", [(20, 24), (20, 24)])
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    base = [str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "out")]
+
+    def error(*extra):
+        rc, _, err = _run([*base, *extra], capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("dynfuse-predict: error: ")
+        assert not (tmp_path / "out").exists()  # refused before anything was written
+        return lines[0]
+
+    assert "--gt-dir is read for the contact sheet only" in error("--gt-dir", str(gt_dir))
+    assert "has none of img0.png, img1.png" in error("--contact-sheet", "--gt-dir", str(gt_dir))
+    assert "is not a folder" in error("--contact-sheet", "--gt-dir", str(tmp_path / "nope"))
+    write_edge_png(gt_dir / "img1.png", np.zeros((3, 20, 25), bool))
+    msg = error("--contact-sheet", "--gt-dir", str(gt_dir))
+    assert "img1.png" in msg and "is 20x25, its image 20x24" in msg
+    (gt_dir / "img1.png").write_bytes(b"not a png")
+    assert "img1.png" in error("--contact-sheet", "--gt-dir", str(gt_dir))
+    with pytest.raises(SystemExit):
+        main([*base, "--contact-sheet", "--sheet-rows", "0"])
+    assert "expected a positive integer" in capsys.readouterr().err
