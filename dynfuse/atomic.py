@@ -20,6 +20,17 @@ from typing import Any
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir"]
 
 
+def _process_umask() -> int:
+    # os.umask can only be read by setting it; do it once, at import, before any thread writes.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates its file with mode 0600; a result file gets what open() would have given it.
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """Make a rename inside ``folder`` durable (best effort: not every platform allows it)."""
     try:
@@ -57,6 +68,7 @@ def atomic_write(
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _FILE_MODE)
         if durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())

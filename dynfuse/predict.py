@@ -202,9 +202,10 @@ def _load_official(
     from ours); None when ``state`` does not have their layout."""
     from .models.official import describe_official_state_dict, load_official_casenet, load_official_dff
 
-    found = describe_official_state_dict(state)
-    if found is None:
+    info = describe_official_state_dict(state)
+    if info is None:
         return None
+    found: dict[str, Any] = dict(info)
     for key, value in given.items():
         if value is not None and value != found[key]:
             raise CheckpointError(
@@ -212,7 +213,7 @@ def _load_official(
                 f"{str(found['model']).upper()} checkpoint with {key}={found[key]!r}"
             )
     loader = load_official_dff if found["model"] == "dff" else load_official_casenet
-    net = loader(state, found["num_classes"], backbone=found["backbone"], **(model_kwargs or {}))
+    net = loader(state, info["num_classes"], backbone=info["backbone"], **(model_kwargs or {}))
     net.eval()
     spec = dict(found, model_kwargs=dict(model_kwargs or {}), mean=_MEAN, std=_STD, layout="authors")
     return net, spec

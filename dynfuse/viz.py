@@ -315,12 +315,12 @@ def plot_pr_curves(
         entries = [entries[i] for i in classes]
     pal = palette_for(len(d["classes"])) / 255.0
     fig, ax = plt.subplots(figsize=(6, 6))
-    for e in entries:
-        if "pr" not in e:
+    for entry in entries:
+        if "pr" not in entry:
             raise ValueError("result has no PR data (to_dict(include_pr=False)?)")
-        c = pal[e["index"]]
-        ax.plot(e["pr"]["recall"], e["pr"]["precision"], color=c, lw=1.2, label=pr_curve_label(e))
-        ax.plot([e["ods_recall"]], [e["ods_precision"]], "o", color=c, ms=4)
+        c = pal[entry["index"]]
+        ax.plot(entry["pr"]["recall"], entry["pr"]["precision"], color=c, lw=1.2, label=pr_curve_label(entry))
+        ax.plot([entry["ods_recall"]], [entry["ods_precision"]], "o", color=c, ms=4)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("recall")

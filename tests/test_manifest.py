@@ -56,3 +56,13 @@ def test_manifest_rejects_foreign_files(tmp_path, content):
     (tmp_path / "manifest.json").write_text(content)
     with pytest.raises(ManifestError, match="manifest.json"):
         read_manifest(tmp_path)
+
+
+def test_atomic_write_gives_files_the_usual_permissions(tmp_path):
+    """mkstemp's 0600 must not survive the rename: a result file is readable like any other."""
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = atomic_write_json(tmp_path / "r.json", {"v": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

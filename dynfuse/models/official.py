@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from typing import TypedDict
 
 import torch
 
@@ -241,7 +242,15 @@ def load_official_casenet(
     return model
 
 
-def describe_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, object] | None:
+class OfficialCheckpointInfo(TypedDict):
+    """What :func:`describe_official_state_dict` finds in an authors' checkpoint."""
+
+    model: str  # "dff" | "casenet"
+    backbone: str  # "resnet50" | "resnet101"
+    num_classes: int
+
+
+def describe_official_state_dict(state: Mapping[str, torch.Tensor]) -> OfficialCheckpointInfo | None:
     """What an authors' checkpoint holds, or None when ``state`` does not have their key layout.
 
     Args:
@@ -265,4 +274,6 @@ def describe_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str,
         kind = "casenet"
     else:
         return None
-    return {"model": kind, "backbone": _infer_depth(state), "num_classes": _infer_classes(state, None)}
+    return OfficialCheckpointInfo(
+        model=kind, backbone=_infer_depth(state), num_classes=_infer_classes(state, None)
+    )
