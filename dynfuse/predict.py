@@ -105,9 +105,11 @@ def load_model_for_inference(
     Args:
         checkpoint: path of a dynfuse training checkpoint, of a ``save_pretrained`` folder, of
             the DFF authors' checkpoint or of bare weights of our models.
-        model, backbone, num_classes, model_kwargs: required for bare weights of our models; for
-            a training or an authors' checkpoint they must be None or agree with what it holds
-            (``model_kwargs`` add to / override the recorded ones).
+        model: required for bare weights of our models; for a training or an authors'
+            checkpoint it must be None or agree with what the checkpoint holds.
+        backbone: as ``model``.
+        num_classes: as ``model``.
+        model_kwargs: as ``model``; they add to / override the recorded ones.
 
     Returns:
         ``(model, spec)`` where ``spec`` holds ``model``, ``backbone``, ``num_classes``,

@@ -54,8 +54,10 @@ class FeatureListBackbone(nn.Module):
 
     Args:
         module: the feature extractor; becomes ``self.body`` (its parameters count as backbone).
-        channels, reductions: per *returned* feature (after ``indices``). When both are None they
-            are measured once by running ``module`` in eval mode on a zero probe of ``probe_size``.
+        channels: per *returned* feature (after ``indices``). When both ``channels`` and
+            ``reductions`` are None they are measured once by running ``module`` in eval mode on a
+            zero probe of ``probe_size``.
+        reductions: the stride of each returned feature (give both, or neither).
         indices: which of the module's outputs to return, in order (default: all).
         in_channels: image channels, for input checks and the probe.
         probe_size: (H, W) of the probe; a multiple of the largest stride.

@@ -39,7 +39,8 @@ class EdgeDataset(Dataset):
     Args:
         transform: a joint transform ``t(sample) -> sample`` (see ``dynfuse.data.transforms``),
             applied before normalisation; it must not normalise itself.
-        mean, std: the normalisation statistics.
+        mean: per-channel mean of the normalisation.
+        std: per-channel standard deviation of the normalisation.
     """
 
     num_classes: int = 0

@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -345,14 +346,16 @@ def evaluate_edges(
     segs: Iterable[np.ndarray] | None = None,
     class_names: Sequence[str] | None = None,
     progress: bool = False,
-    **options,
+    **options: Any,
 ) -> EvalResult:
     """MF-ODS, OIS and AP of predictions against ground truth, in memory.
 
     Args:
         preds: sequence of (K, H, W) probability maps (float in [0, 1], bool, uint8 / uint16).
         gts: sequence of (K, H, W) bool ground-truth edges (same length as ``preds``).
-        max_dist, thresholds, thin: see :class:`EvalSettings` (ignored when ``settings`` given).
+        max_dist: see :class:`EvalSettings` (ignored when ``settings`` is given).
+        thresholds: see :class:`EvalSettings` (ignored when ``settings`` is given).
+        thin: see :class:`EvalSettings` (ignored when ``settings`` is given).
         workers: 0 or 1 evaluate in this process (no multiprocessing); n > 1 uses n processes.
         settings: full settings (e.g. ``PROTOCOLS["cityscapes-thin"]``), overrides the above.
         segs: per image (H, W) class-index maps, for ``kill_internal``.

@@ -40,8 +40,9 @@ class DynamicFusion(nn.Module):
     Args:
         activation: None or "softmax" over the S+1 weights.
         backend: see :func:`dynamic_fuse`.
-        num_classes, bias: with ``bias=True`` a learned (K,) ``bias`` is added to each class's fused
-            map (CASENet's fusion is a grouped 1x1 convolution with a bias; the DFF fusion has none).
+        num_classes: K, the number of classes (the size of the bias).
+        bias: with ``bias=True`` a learned (K,) ``bias`` is added to each class's fused map
+            (CASENet's fusion is a grouped 1x1 convolution with a bias; the DFF fusion has none).
             ``num_inputs`` (S+1) only sets the bias's initialisation, the grouped convolution's.
     """
 

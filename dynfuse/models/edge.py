@@ -211,7 +211,8 @@ class DFF(_OptionsModel):
         options: the head, a :class:`~dynfuse.heads.HeadOptions` (default: the paper's DFF; the
             rows of Table 1 are in :data:`dynfuse.models.TABLE1`).
         norm_layer: normalization factory for the head (e.g. ``nn.SyncBatchNorm``).
-        checkpoint_backbone, checkpoint_learner: activation checkpointing (memory for compute).
+        checkpoint_backbone: activation checkpointing of the backbone (memory for compute).
+        checkpoint_learner: activation checkpointing of the weight learner (memory for compute).
         channels_last: keep parameters and inputs in channels-last memory format.
         **head_options: :class:`~dynfuse.heads.HeadOptions` fields applied on top of ``options``:
             ``learner`` ("adaptive", "invariant", "fixed": Table 1 rows 5, 3, 2), ``normalize``,

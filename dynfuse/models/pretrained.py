@@ -212,8 +212,9 @@ def save_pretrained(
         model: a DFF / CASENet built from a backbone name (see :func:`model_build_config`).
         save_directory: the folder (created; these three files in it are replaced).
         class_names: K names (default: the model's ``class_names``, set by :func:`from_pretrained`).
-        mean, std: the input normalisation, per RGB channel on images scaled to [0, 1] (default:
+        mean: the input normalisation's per-RGB-channel mean on images scaled to [0, 1] (default:
             the loaded model's, else the timm backbone's pre-training statistics, else ImageNet's).
+        std: the per-channel standard deviation of the same normalisation (same default).
         metrics: scores, e.g. ``{"mf_ods": 0.804, "mf_ois": 0.812}``; needs ``protocol``.
         protocol: how they were measured (e.g. a ``dynfuse-eval --protocol`` name).
         training: how the model was trained (JSON values, e.g. dataset, epochs, crop, lr), shown

@@ -198,7 +198,8 @@ class Trainer:
         config: the run's settings.
         model: the network (default: ``build_model(config)``); must have a ``backbone`` attribute
             and return an object with ``side5`` and ``fuse`` logits (B, K, H, W).
-        train_set, val_set: datasets of dict items (default: ``build_datasets(config)``).
+        train_set: dataset of dict items (default: ``build_datasets(config)``).
+        val_set: dataset of dict items (default: ``build_datasets(config)``).
         loss_fn: ``(output, edges, valid) -> scalar`` (default: ``dynfuse.losses.dff_loss``).
         scorer: validation metrics from probability maps (default: MF-ODS via ``dynfuse.eval``
             when importable; None: validation loss only). Its keys must not be ones the trainer
