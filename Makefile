@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) examples/train_dff.py --dataset synthetic
+	$(PY) examples/train_dff.py --dataset synthetic --overwrite
 
 quickstart: install
 	$(PY) examples/quickstart.py
