@@ -17,6 +17,7 @@ from torch import nn
 from .layers import (
     DynamicFusion,
     FixedFusion,
+    FusedLocationAdaptiveFusion,
     LocationAdaptiveLearner,
     LocationInvariantLearner,
     SideNormBlock,
@@ -34,12 +35,13 @@ class DFFOutput(NamedTuple):
     side5: (B, K, H, W) class logits of the Side5 block.
     fuse: (B, K, H, W) fused logits.
     weights: fusion weights in the op's forms: (B, K, S+1, H, W) adaptive, (B, K, S+1) invariant,
-        (K, S+1) fixed. Before the optional softmax.
+        (K, S+1) fixed. Before the optional softmax. None with ``fused_learner=True`` unless the
+        head's ``fused_learner.return_weights`` is set (the fused branch never builds them otherwise).
     """
 
     side5: torch.Tensor
     fuse: torch.Tensor
-    weights: torch.Tensor
+    weights: torch.Tensor | None
 
 
 def parse_feature_info(feature_info: Any) -> list[tuple[int, int]]:
@@ -86,6 +88,11 @@ class DFFHead(nn.Module):
             "top" runs them at the top level's resolution and upsamples the weights bilinearly
             (far less memory; not the paper's model).
         feature_indices: if set, forward() accepts the backbone's full feature list and picks these.
+        fused_learner: compute Side5-w's upsampling, the location-adaptive learner and the fusion with
+            :class:`~dynfuse.layers.FusedLocationAdaptiveFusion`: the same outputs and gradients
+            without the (B, K*(S+1), H, W) activations (about three times the learner's FLOPs). Needs
+            learner="adaptive", learner_resolution="full" and BatchNorm2d in the learner; the weights
+            are returned only when ``head.fused_learner.return_weights`` is True.
 
     forward(features, output_size=None) -> DFFOutput with side5 and fuse (B, K, H, W) logits; the
     default output size is the lowest level's size times its stride.
@@ -105,6 +112,7 @@ class DFFHead(nn.Module):
         norm_layer: NormLayer | None = None,
         learner_resolution: str = "full",
         feature_indices: Sequence[int] | None = None,
+        fused_learner: bool = False,
     ) -> None:
         super().__init__()
         in_channels = [int(c) for c in in_channels]
@@ -158,6 +166,14 @@ class DFFHead(nn.Module):
         else:
             self.learner = LocationInvariantLearner(k * n_in, k, n_in)
         self.fusion = DynamicFusion(activation=activation, backend=backend)
+        self.fused_learner: FusedLocationAdaptiveFusion | None = None
+        if fused_learner:
+            if learner != "adaptive" or learner_resolution != "full":
+                raise ValueError(
+                    "fused_learner=True needs learner='adaptive' and learner_resolution='full', got "
+                    f"learner={learner!r}, learner_resolution={learner_resolution!r}"
+                )
+            self.fused_learner = FusedLocationAdaptiveFusion(activation=activation)
 
     @classmethod
     def from_feature_info(
@@ -237,6 +253,10 @@ class DFFHead(nn.Module):
             fuse = self.learner(side5, sides)
             return DFFOutput(side5, fuse, self.learner.fusion_weights)
         assert self.fusion is not None  # internal invariant: set for every non-fixed learner
+        if self.fused_learner is not None:
+            assert self.side5_w is not None and isinstance(self.learner, LocationAdaptiveLearner)
+            fuse, fused_weights = self.fused_learner(self.side5_w, self.learner, top, side5, sides, size)
+            return DFFOutput(side5, fuse, fused_weights)
         weights = self._weights(top, size)
         fuse = self.fusion(side5, sides, weights.to(side5.dtype))
         return DFFOutput(side5, fuse, weights)
@@ -246,6 +266,7 @@ class DFFHead(nn.Module):
             f"in_channels={self.in_channels}, num_classes={self.num_classes}, strides={self.strides}, "
             f"learner={self.learner_kind!r}, normalize={self.normalize}, "
             f"activation={self.activation!r}, learner_resolution={self.learner_resolution!r}"
+            + (", fused_learner=True" if self.fused_learner is not None else "")
         )
 
 

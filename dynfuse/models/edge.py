@@ -136,6 +136,8 @@ class DFF(EdgeModel):
         norm_layer: normalization factory for the head (e.g. ``nn.SyncBatchNorm``).
         checkpoint_backbone, checkpoint_learner: activation checkpointing (memory for compute).
         channels_last: keep parameters and inputs in channels-last memory format.
+        fused_learner: the fused location-adaptive branch (same model, a fraction of the learner's
+            memory; see :class:`~dynfuse.heads.DFFHead`). Excludes ``checkpoint_learner``.
     """
 
     def __init__(
@@ -153,7 +155,11 @@ class DFF(EdgeModel):
         checkpoint_backbone: bool = False,
         checkpoint_learner: bool = False,
         channels_last: bool = False,
+        fused_learner: bool = False,
     ) -> None:
+        if fused_learner and checkpoint_learner:
+            raise ValueError("fused_learner and checkpoint_learner exclude each other: the fused branch "
+                             "already keeps no full-resolution learner activations")
         info = _feature_info(backbone)
         head = DFFHead.from_feature_info(
             info,
@@ -165,6 +171,7 @@ class DFF(EdgeModel):
             backend=fusion_backend,
             norm_layer=norm_layer,
             learner_resolution=learner_resolution,
+            fused_learner=fused_learner,
         )
         super().__init__(backbone, head, channels_last=channels_last)
         self.set_checkpointing(backbone=checkpoint_backbone, learner=checkpoint_learner)

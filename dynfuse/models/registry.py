@@ -120,7 +120,8 @@ def create_model(
         pretrained_backbone: local backbone weights (see :func:`create_backbone`); never downloads.
         **kwargs: model options: ``learner``, ``normalize``, ``activation`` (DFF only),
             ``fusion_backend``, ``upsample``, ``learner_resolution`` (DFF only), ``norm_layer``,
-            ``checkpoint_backbone``, ``checkpoint_learner`` (DFF only), ``channels_last``.
+            ``checkpoint_backbone``, ``checkpoint_learner`` (DFF only), ``channels_last``,
+            ``fused_learner`` (DFF only).
 
     Example: ``create_model("dff", backbone="tiny", num_classes=19)``.
     """
@@ -169,7 +170,8 @@ def _build_casenet(
     **kwargs: Any,
 ) -> CASENet:
     not_for_casenet = sorted(
-        k for k in ("learner", "normalize", "activation", "learner_resolution", "checkpoint_learner")
+        k for k in ("learner", "normalize", "activation", "learner_resolution", "checkpoint_learner",
+                  "fused_learner")
         if k in kwargs
     )
     if not_for_casenet:
