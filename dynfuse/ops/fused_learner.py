@@ -15,8 +15,9 @@ the parameters and per-channel statistics, and recomputes chunks of output rows 
 
 Two exact algebraic rewrites keep the recomputation cheap:
 - W1 is folded into the transposed convolution (``Wf[i, o] = sum_c Wd[i, c] W1[o, c]`` per tap), so a
-  chunk of ``a1`` is one transposed convolution of the few low-resolution rows it reads; the
-  upsampled map ``up(z)`` itself never exists. For the bilinear resize (and a top level at stride 1),
+  chunk of ``a1`` is one transposed convolution of the few low-resolution rows it reads, computed
+  as a 2x2 convolution with s*s*C outputs plus a pixel shuffle (:func:`phase_kernel`), so no partial
+  rows are computed at chunk ends; the upsampled map ``up(z)`` itself never exists. For the bilinear resize (and a top level at stride 1),
   W1 commutes with the resize (its weights sum to 1), so the caller passes ``a1`` at low resolution.
 - BatchNorm's backward ``da = gamma*invstd*(dy - mean(dy) - xhat*mean(dy*xhat))`` only needs the two
   per-channel sums ``sum(dy)`` (= d beta) and ``sum(dy*xhat)`` (= d gamma) of the layer's output
@@ -123,6 +124,49 @@ def _rows_span(low: torch.Tensor, geo: UpsampleGeometry, r0: int, r1: int) -> tu
     return i0, i1
 
 
+def phase_kernel(weight: torch.Tensor, s: int) -> torch.Tensor:
+    """The (Cin, Cout, 2s, 2s) transposed-convolution weight as a (Cout*s*s, Cin, 2, 2) convolution
+    kernel: ``conv_transpose2d(z, W, stride=s)`` = ``pixel_shuffle(conv2d(pad1(z), kernel), s)``.
+
+    Unpadded output (Y, X) = (t*s + phi, u*s + psi) reads z[t-a, u-b] through W[:, :, phi + a*s,
+    psi + b*s] for a, b in {0, 1}; the kernel holds that tap at channel (o, phi, psi) and position
+    (1-a, 1-b) of a cross-correlation over z padded by one zero row/column.
+    """
+    cin, cout = weight.shape[:2]
+    k = weight.reshape(cin, cout, 2, s, 2, s).flip(2, 4)  # [c, o, 1-a, phi, 1-b, psi]
+    return k.permute(1, 3, 5, 0, 2, 4).reshape(cout * s * s, cin, 2, 2)
+
+
+def _deconv_rows(
+    low_rows: torch.Tensor, i0: int, h_low: int, kernel: torch.Tensor, bias: torch.Tensor | None,
+    s: int, p: int, r0: int, r1: int, out_w: int,
+) -> torch.Tensor:
+    """Rows [r0, r1) (columns [0, out_w)) of the transposed convolution (kernel 2s, stride s, padding
+    p) as one 2x2 convolution of the low rows they read + pixel shuffle (see :func:`phase_kernel`):
+    4 C^2 multiply-adds per output pixel, plus the unused phases of the first and last low row when
+    r0 + p or r1 + p is not a multiple of s (chunks are aligned so that only the image's ends have
+    them). ``low_rows`` holds z's rows from i0 on; rows outside [0, h_low) are zeros.
+    """
+    t_lo, t_hi = (r0 + p) // s, (r1 + p - 1) // s
+    lo, hi = t_lo - 1, t_hi + 1  # z rows [lo, hi); row -1 and row h_low are the zero padding
+    src = low_rows[:, :, max(lo, 0) - i0 : min(hi, h_low) - i0]
+    if lo < 0 or hi > h_low:
+        src = F.pad(src, (0, 0, max(0, -lo), max(0, hi - h_low)))
+    y = F.pixel_shuffle(F.conv2d(src, kernel, bias, padding=(0, 1)), s)
+    start = r0 + p - t_lo * s
+    return y[:, :, start : start + (r1 - r0), p : p + out_w]
+
+
+def _upsample_params(up_weight: torch.Tensor | None, up_bias: torch.Tensor | None, geo: UpsampleGeometry
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The transposed convolution's (kernel, bias) in the form :func:`_deconv_rows` takes."""
+    if geo.mode != "deconv" or up_weight is None:
+        return up_weight, up_bias
+    s = geo.stride
+    bias = None if up_bias is None else up_bias.repeat_interleave(s * s)
+    return phase_kernel(up_weight, s), bias
+
+
 def _a1_rows(
     low_rows: torch.Tensor, i0: int, geo: UpsampleGeometry, r0: int, r1: int, h_low: int,
     up_weight: torch.Tensor | None, up_bias: torch.Tensor | None,
@@ -130,11 +174,8 @@ def _a1_rows(
     """a1 at output rows [r0, r1), full width W, from the low rows [i0, i0 + len) it reads."""
     out_h, out_w = geo.out_size
     if geo.mode == "deconv":
-        s, p = geo.stride, geo.padding
-        # Height padding 0: the slice's output row 0 is the full (unpadded) output row i0*s.
-        y = F.conv_transpose2d(low_rows, up_weight, up_bias, stride=s, padding=(0, p))
-        start = r0 - i0 * s + p
-        return y[:, :, start : start + (r1 - r0), :out_w]
+        assert up_weight is not None
+        return _deconv_rows(low_rows, i0, h_low, up_weight, up_bias, geo.stride, geo.padding, r0, r1, out_w)
     if h_low >= out_h and low_rows.shape[-1] >= out_w:
         return low_rows[..., :out_w]
     # Bilinear: rows by hand (ATen's weights), columns by F.interpolate with an identity row scale.
@@ -182,16 +223,25 @@ class _Params:
     up_weight: torch.Tensor | None
     up_bias: torch.Tensor | None
     weights: list[torch.Tensor]  # conv2, conv3 (C_out, C_in)
+    # up_weight / up_bias hold the transposed convolution as :func:`_upsample_params` gives it.
     biases: list[torch.Tensor]
     gammas: list[torch.Tensor]
     betas: list[torch.Tensor]
     means: list[torch.Tensor | None]
     invstds: list[torch.Tensor | None]
+    raw_up: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # as given, for gradients
 
 
 def _chunks(geo: UpsampleGeometry, rows: int) -> list[tuple[int, int]]:
+    """Row ranges covering [0, H). For the transposed convolution, a multiple of s rows each, with
+    boundaries where (r + p) is a multiple of s, so that each low row's s output rows fall in one chunk."""
     h = geo.out_size[0]
-    return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
+    if geo.mode != "deconv":
+        return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
+    s = geo.stride
+    step = max(s, rows // s * s)
+    bounds = [0] + [r for r in range(step - geo.padding, h, step) if r > 0] + [h]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _layer_input(p: _Params, geo: UpsampleGeometry, r0: int, r1: int,
@@ -251,7 +301,8 @@ class _FusedLearner(torch.autograd.Function):
     ):
         ct = compute_dtype(side5.dtype)
         cast = lambda t: None if t is None else t.detach().to(ct)  # noqa: E731
-        p = _Params(cast(low), cast(up_weight), cast(up_bias), [cast(w2), cast(w3)], [cast(b2), cast(b3)],
+        kernel, kbias = _upsample_params(cast(up_weight), cast(up_bias), geo)
+        p = _Params(cast(low), kernel, kbias, [cast(w2), cast(w3)], [cast(b2), cast(b3)],
                     [cast(g1), cast(g2), cast(g3)], [cast(be1), cast(be2), cast(be3)], [None] * 3, [None] * 3)
         chunks = _chunks(geo, rows)
         batch_mean, batch_var = [], []
@@ -299,8 +350,10 @@ class _FusedLearner(torch.autograd.Function):
         ct = compute_dtype(side5.dtype)
         cast = lambda t: None if t is None else t.detach().to(ct)  # noqa: E731
         means, invstds = ctx.stats
-        p = _Params(cast(low), cast(up_weight), cast(up_bias), [cast(w2), cast(w3)], [cast(b2), cast(b3)],
+        kernel, kbias = _upsample_params(cast(up_weight), cast(up_bias), geo)
+        p = _Params(cast(low), kernel, kbias, [cast(w2), cast(w3)], [cast(b2), cast(b3)],
                     [cast(g1), cast(g2), cast(g3)], [cast(be1), cast(be2), cast(be3)], means, invstds)
+        p.raw_up = (cast(up_weight), cast(up_bias))
         g = grad.to(ct)
         chunks = _chunks(geo, ctx.rows)
         n_pix = float(side5.shape[0] * geo.out_size[0] * geo.out_size[1])
@@ -378,13 +431,19 @@ def _gradient_pass(ctx, p: _Params, g: torch.Tensor, chunks, corr, low, side5, s
             gi = next(it)
             if gi is not None:
                 acc[i] = gi if acc[i] is None else acc[i] + gi
+    if geo.mode == "deconv" and p.raw_up[0] is not None and acc[0] is not None and acc[1] is not None:
+        # Back from the phase-kernel form to the (Cin, Cout, 2s, 2s) weight and the (C,) bias.
+        raw_w, raw_b = (t.detach().requires_grad_() for t in p.raw_up)  # type: ignore[union-attr]
+        with torch.enable_grad():
+            kernel, kbias = _upsample_params(raw_w, raw_b, geo)
+        acc[0], acc[1] = torch.autograd.grad((kernel, kbias), (raw_w, raw_b), (acc[0], acc[1]))
     originals = ctx.saved_tensors[1:13]
     out_grads: list[torch.Tensor | None] = [None if d_low is None else d_low.to(low.dtype)]
     for i, (orig, need) in enumerate(zip(originals, needs[1:13], strict=True)):
         if orig is None or not need:
             out_grads.append(None)
         else:
-            gi = acc[i] if acc[i] is not None else torch.zeros_like(leaves[i])
+            gi = acc[i] if acc[i] is not None else torch.zeros_like(orig, dtype=p.low.dtype)
             out_grads.append(gi.to(orig.dtype))
     out_grads.append(d_side5)
     out_grads.append(d_sides)
@@ -515,7 +574,8 @@ def materialize_weights(
     ct = compute_dtype(low.dtype)
     cast = lambda t: None if t is None else t.detach().to(ct)  # noqa: E731
     ones = torch.ones(low.shape[1], dtype=ct, device=low.device)
-    p = _Params(cast(low), cast(up_weight), cast(up_bias), [cast(conv_weights[0]), cast(conv_weights[1])],
+    kernel, kbias = _upsample_params(cast(up_weight), cast(up_bias), geometry)
+    p = _Params(cast(low), kernel, kbias, [cast(conv_weights[0]), cast(conv_weights[1])],
                 [cast(conv_biases[0]), cast(conv_biases[1])],
                 [cast(n.weight) if n.weight is not None else ones for n in norms],
                 [cast(n.bias) if n.bias is not None else ones * 0 for n in norms],
