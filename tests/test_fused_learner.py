@@ -162,6 +162,19 @@ def test_bfloat16_within_stated_tolerance():
         torch.testing.assert_close(g[name].double(), want, rtol=0, atol=tol, msg=name)
 
 
+def test_autocast_bfloat16_matches_unfused():
+    """Under CPU autocast (bf16) the fused branch keeps float32 inside and agrees with the unfused
+    head within bf16 rounding of their inputs (2e-2 of the output's scale)."""
+    ref, fused = _heads(dtype=torch.float32, chunk_elements=100)
+    size = (16, 12)
+    feats = _features(2, size, (1, 2, 4, 4), dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_ref, out = ref(feats, output_size=size), fused(feats, output_size=size)
+    assert out.fuse.dtype == out_ref.fuse.dtype
+    scale = float(out_ref.fuse.detach().abs().max())
+    torch.testing.assert_close(out.fuse.float(), out_ref.fuse.float(), rtol=0, atol=2e-2 * scale)
+
+
 def test_fallback_when_deconvolution_is_smaller_than_output():
     ref, fused = _heads()
     size = (16, 12)
@@ -189,6 +202,12 @@ def test_create_model_switch_and_errors():
         head(_features(2, (16, 12), (1, 2, 4, 4), dtype=torch.float32), output_size=(16, 12))
     with pytest.raises(ValueError, match="chunk_elements"):
         FusedLocationAdaptiveFusion(chunk_elements=0)
+    with pytest.raises(ValueError, match="does not apply to the fused learner"):
+        model.set_checkpointing(learner=True)
+    _, mixed = _heads(dtype=torch.float32)
+    mixed.learner.conv2[1].eval()
+    with pytest.raises(ValueError, match="all in training mode or all"):
+        mixed(_features(2, (16, 12), (1, 2, 4, 4), dtype=torch.float32), output_size=(16, 12))
 
 
 def test_op_rejects_bad_shapes_and_geometry():

@@ -120,14 +120,20 @@ class FusedLocationAdaptiveFusion(nn.Module):
             # in float32 for half-precision weights (its gradient is a sum with heavy cancellation).
             ct = compute_dtype(deconv.weight.dtype)
             low = z
-            up_weight = torch.einsum("icyx,oc->ioyx", deconv.weight.to(ct), c1[0].weight[:, :, 0, 0].to(ct))
+            with torch.autocast(top.device.type, enabled=False):
+                up_weight = torch.einsum("icyx,oc->ioyx", deconv.weight.to(ct),
+                                         c1[0].weight[:, :, 0, 0].to(ct))
             up_bias = c1[0].bias
         else:
             geometry = UpsampleGeometry("resize", size)
             low = c1[0](z)  # conv1 commutes with the crop and the bilinear resize (weights sum to 1)
             up_weight = up_bias = None
         bns = (c1[1], c2[1], c3[1])
-        batch_stats = any(bn.training or bn.running_mean is None for bn in bns)
+        modes = {bn.training or bn.running_mean is None for bn in bns}
+        if len(modes) > 1:
+            raise ValueError("the fused learner needs its three BatchNorm layers all in training mode or all "
+                             "in eval mode (with running statistics); got a mix")
+        batch_stats = modes.pop()
         norms = tuple(_norm_state(bn) for bn in bns)
         result = fused_learner_fuse(
             low, up_weight, up_bias,

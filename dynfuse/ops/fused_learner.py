@@ -17,8 +17,9 @@ Two exact algebraic rewrites keep the recomputation cheap:
 - W1 is folded into the transposed convolution (``Wf[i, o] = sum_c Wd[i, c] W1[o, c]`` per tap), so a
   chunk of ``a1`` is one transposed convolution of the few low-resolution rows it reads, computed
   as a 2x2 convolution with s*s*C outputs plus a pixel shuffle (:func:`phase_kernel`), so no partial
-  rows are computed at chunk ends; the upsampled map ``up(z)`` itself never exists. For the bilinear resize (and a top level at stride 1),
-  W1 commutes with the resize (its weights sum to 1), so the caller passes ``a1`` at low resolution.
+  rows are computed at chunk ends; the upsampled map ``up(z)`` itself never exists. For the bilinear
+  resize (and a top level at stride 1), W1 commutes with the resize (its weights sum to 1), so the
+  caller passes ``a1`` at low resolution.
 - BatchNorm's backward ``da = gamma*invstd*(dy - mean(dy) - xhat*mean(dy*xhat))`` only needs the two
   per-channel sums ``sum(dy)`` (= d beta) and ``sum(dy*xhat)`` (= d gamma) of the layer's output
   gradient; with them, a chunk's gradient is exact.
@@ -48,6 +49,8 @@ and one output pass. In backward, ``dy_l`` at any pixel needs layer l+1's two gr
 pixels, so the same argument gives one pass per BatchNorm plus the final gradient pass. Each pass
 must recompute its chain from z (the only stored input), which is what costs the extra FLOPs; the
 bytes stay those of the fusion op itself. Eval mode has no batch statistics: one pass each way.
+(Not done: layer 1's statistics are linear in z and could come from the 3x3 shifted Gram matrices of
+z at low resolution, removing the stats1 pass, 4F of 60F, at the price of E[x^2] - E[x]^2 numerics.)
 
 This file is the plain-PyTorch form of that schedule (the CPU path and the oracle for a kernel):
 chunks of output rows, autograd inside a chunk for the local derivatives, and an exact BatchNorm
@@ -547,11 +550,14 @@ def fused_learner_fuse(
     eps = norms[0].eps
     if any(not math.isclose(n.eps, eps) for n in norms):
         raise ValueError("the three BatchNorm layers must share one eps")
-    out, means, biased, unbiased = _FusedLearner.apply(
-        geometry, activation, batch_stats, float(eps), rows, running,
-        low, up_weight, up_bias, conv_weights[0], conv_biases[0], conv_weights[1], conv_biases[1],
-        *gb, side5, sides,
-    )
+    # The op computes in float32 (float64 for float64 inputs) whatever autocast says: its chunked
+    # convolutions must not drop to the autocast dtype half way through the chain.
+    with torch.autocast(side5.device.type, enabled=False):
+        out, means, biased, unbiased = _FusedLearner.apply(
+            geometry, activation, batch_stats, float(eps), rows, running,
+            low, up_weight, up_bias, conv_weights[0], conv_biases[0], conv_weights[1], conv_biases[1],
+            *gb, side5, sides,
+        )
     if not batch_stats:
         return FusedLearnerOutput(out, None, None, None)
     return FusedLearnerOutput(out, means, biased, unbiased)
@@ -585,7 +591,7 @@ def materialize_weights(
     h_out, w_out = geometry.out_size
     out = torch.empty((b, c, h_out, w_out), dtype=low.dtype, device=low.device)
     rows = max(1, DEFAULT_CHUNK_ELEMENTS // max(1, b * c * w_out))
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(low.device.type, enabled=False):
         for r0, r1 in _chunks(geometry, rows):
             a1, _, _ = _layer_input(p, geometry, r0, r1)
             out[:, :, r0:r1] = _bn_plain(_forward_to(p, a1, NUM_LAYERS), p, NUM_LAYERS - 1)
