@@ -23,6 +23,7 @@ from .backbones.feature_info import parse_feature_info
 from .layers import (
     DynamicFusion,
     FixedWeights,
+    FusedLocationAdaptiveFusion,
     LocationAdaptiveLearner,
     LocationInvariantLearner,
     SideNormBlock,
@@ -70,6 +71,12 @@ class HeadOptions:
             (far less memory; not the paper's model). Needs a learner that reads features.
         fusion_backend: backend of :func:`dynfuse.ops.dynamic_fuse` ("auto", "torch",
             "reference", "triton"); "reference" or "torch" for ONNX export.
+        fused_learner: compute Side5-w's upsampling, the location-adaptive learner and the fusion
+            in one recomputing op (:class:`~dynfuse.layers.FusedLocationAdaptiveFusion`): the same
+            outputs, gradients and BatchNorm statistics without any (B, K*(S+1), H, W) activation
+            (about three times the branch's FLOPs). Needs learner="adaptive" and
+            learner_resolution="full"; ``DFFOutput.weights`` is None unless
+            ``head.fused_learner.return_weights`` is set.
     """
 
     learner: str = "adaptive"
@@ -78,6 +85,7 @@ class HeadOptions:
     upsample: str = "deconv"
     learner_resolution: str = "full"
     fusion_backend: str = "auto"
+    fused_learner: bool = False
 
     def __post_init__(self) -> None:
         if self.learner not in LEARNERS:
@@ -98,6 +106,13 @@ class HeadOptions:
             )
         if self.fusion_backend not in BACKENDS:
             raise ValueError(f"fusion_backend must be one of {BACKENDS}, got {self.fusion_backend!r}")
+        if not isinstance(self.fused_learner, bool):
+            raise ValueError(f"fused_learner must be True or False, got {self.fused_learner!r}")
+        if self.fused_learner and (self.learner != "adaptive" or self.learner_resolution != "full"):
+            raise ValueError(
+                "fused_learner=True needs learner='adaptive' and learner_resolution='full', got "
+                f"learner={self.learner!r}, learner_resolution={self.learner_resolution!r}"
+            )
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -153,12 +168,13 @@ class DFFOutput(NamedTuple):
     side5: (B, K, H, W) class logits of the Side5 block.
     fuse: (B, K, H, W) fused logits.
     weights: fusion weights in the op's forms: (B, K, S+1, H, W) adaptive, (B, K, S+1) invariant,
-        (K, S+1) fixed. Before the optional softmax.
+        (K, S+1) fixed. Before the optional softmax. None with ``fused_learner=True`` unless the
+        head's ``fused_learner.return_weights`` is set (the fused branch never builds them otherwise).
     """
 
     side5: torch.Tensor
     fuse: torch.Tensor
-    weights: torch.Tensor
+    weights: torch.Tensor | None
 
 
 def _is_int(v: object) -> bool:
@@ -331,6 +347,9 @@ class DFFHead(nn.Module):
             activation=opts.activation, backend=opts.fusion_backend, num_classes=k, bias=fixed,
             num_inputs=n_in,
         )
+        self.fused_learner = (
+            FusedLocationAdaptiveFusion(activation=opts.activation) if opts.fused_learner else None
+        )
 
     @classmethod
     def default_options(cls) -> HeadOptions:
@@ -439,6 +458,9 @@ class DFFHead(nn.Module):
         side5 = self.side5(top, size)
         sides = torch.cat([blk(f, size) for blk, f in zip(self.sides, feats[:-1], strict=True)], dim=1)
         sides = sides.to(side5.dtype)
+        if self.fused_learner is not None:  # same model, no full-resolution learner activations
+            fuse, fused_weights = self.fused_learner(self.side5_w, self.learner, top, side5, sides, size)
+            return DFFOutput(side5, fuse, fused_weights)
         # "top" runs Side5-w and the learner at the top level's size, then upsamples the weights.
         at = size if self.options.learner_resolution == "full" else (top.shape[-2], top.shape[-1])
         weights = _upsample_weights(self.learner(self.side5_w(top, at)), size)
@@ -466,6 +488,7 @@ class DFFHead(nn.Module):
             f"in_channels={self.in_channels}, num_classes={self.num_classes}, strides={self.strides}, "
             f"learner={o.learner!r}, normalize={o.normalize}, activation={o.activation!r}, "
             f"learner_resolution={o.learner_resolution!r}"
+            + (", fused_learner=True" if o.fused_learner else "")
         )
 
 

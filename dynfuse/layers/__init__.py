@@ -2,6 +2,7 @@
 
 from .checkpointing import run_checkpointed
 from .concat import SharedConcat
+from .fused_learner import FusedLocationAdaptiveFusion
 from .fusion import DynamicFusion, FixedFusion
 from .learners import (
     CheckpointedAdaptiveLearner,
@@ -16,6 +17,7 @@ __all__ = [
     "DynamicFusion",
     "FixedFusion",
     "FixedWeights",
+    "FusedLocationAdaptiveFusion",
     "LocationAdaptiveLearner",
     "LocationInvariantLearner",
     "SharedConcat",
