@@ -117,7 +117,7 @@ def _prepared(kind: str):
 
         release = dest.parent / f"{kind}-release"
         (make_cityscapes if kind == "cityscapes" else make_sbd)(release)
-        if main([kind, str(release), str(dest), "--workers", "0", "--quiet"]) != 0:
+        if main([kind, str(release), str(dest), "--workers", "1", "--quiet"]) != 0:
             raise RuntimeError(f"dynfuse-prepare {kind} failed on the generated release")
 
     return make
