@@ -28,7 +28,7 @@ block only when the page uses the name and never binds it itself)
     ``out``      ``model(images)`` (a ``DFFOutput``: side5, fuse (2, 19, 64, 96), weights (2, 19, 4, 64, 96))
     ``side5``, ``sides``, ``weights``   (2, 19, 24, 32), (2, 3, 24, 32), (2, 19, 4, 24, 32) fusion inputs
     ``probs``    (19, 64, 96) float32 numpy probabilities
-    ``preds``, ``gts``   two images' (19, 48, 64) float32 probabilities and bool edges
+    ``preds``, ``gts``   two images' (3, 32, 40) float32 probabilities and bool edges
     ``res``      ``evaluate_edges(preds, gts)`` with the ``dff-cityscapes-thin`` protocol
 """
 
@@ -46,8 +46,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Pages whose blocks build a ResNet-50 or train: they run in `make test-all` / CI, not in `make test`.
-SLOW_PAGES = {"README.md", "docs/models.md", "docs/training.md", "docs/data.md"}
+# Pages whose blocks build ResNet-50s (README: two forwards at 2x321x480, ~25 s on one CPU thread;
+# models.md: three ResNet-50 DFFs and an ONNX export, ~5 s): they run in `make test-all` / CI, not in
+# `make test`. Every other page takes under ~2 s once timm is imported.
+SLOW_PAGES = {"README.md", "docs/models.md"}
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)")
 
@@ -78,13 +80,15 @@ def collect_blocks(path: Path) -> list[tuple[int, str]]:
 
 def doc_pages() -> list[Path]:
     pages = [ROOT / "README.md"]
-    pages += sorted(p for p in (ROOT / "docs").rglob("*.md") if "scripts" not in p.relative_to(ROOT / "docs").parts)
+    docs = ROOT / "docs"
+    pages += sorted(p for p in docs.rglob("*.md") if "scripts" not in p.relative_to(docs).parts)
     return [p for p in pages if collect_blocks(p)]
 
 
 def substitute(source: str, tmp: Path) -> str:
     """The documented textual substitutions: absolute dataset roots and the clone path."""
-    source = source.replace('"/data/', f'"{tmp.as_posix()}/data/').replace("'/data/", f"'{tmp.as_posix()}/data/")
+    for quote in "\"'":
+        source = source.replace(f"{quote}/data/", f"{quote}{tmp.as_posix()}/data/")
     return source.replace('"/path/to/dynfuse', f'"{ROOT.as_posix()}')
 
 
@@ -112,8 +116,9 @@ def _pretrained_folder(dest: Path) -> None:
 
 def _prepared(kind: str):
     def make(dest: Path) -> None:
-        from dynfuse.data.prepare import main
         from test_data_prepare import make_cityscapes, make_sbd
+
+        from dynfuse.data.prepare import main
 
         release = dest.parent / f"{kind}-release"
         (make_cityscapes if kind == "cityscapes" else make_sbd)(release)
@@ -153,11 +158,10 @@ def _out():
 
 def _pred_and_gt(seed: int):
     rng = np.random.default_rng(seed)
-    gt = np.zeros((19, 48, 64), dtype=bool)
-    for k in range(19):
-        r = int(rng.integers(8, 40))
-        gt[k, r, 4:60] = True
-        gt[k, 4:44, int(rng.integers(8, 56))] = True
+    gt = np.zeros((3, 32, 40), dtype=bool)
+    for k in range(3):
+        gt[k, int(rng.integers(6, 26)), 4:36] = True
+        gt[k, 4:28, int(rng.integers(6, 34))] = True
     noise = rng.random(gt.shape).astype(np.float32)
     return np.clip(0.7 * gt + 0.3 * noise, 0, 1).astype(np.float32), gt
 
@@ -221,8 +225,12 @@ def page_dir(tmp_path):
         os.chdir(saved)
 
 
+def _rel(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix() if page.is_relative_to(ROOT) else page.name
+
+
 def run_page(page: Path, tmp: Path) -> None:
-    rel = page.relative_to(ROOT).as_posix()
+    rel = _rel(page)
     blocks = collect_blocks(page)
     text = "".join(src for _, src in blocks)
     for name, (where, build) in PLACEHOLDERS.items():
@@ -266,3 +274,18 @@ def test_collector_finds_the_blocks(tmp_path):
     md.write_text("text\n```python\na = 1\n```\n```bash\nls\n```\n- item\n\n    ```py\n    b = a\n    ```\n")
     assert collect_blocks(md) == [(3, "a = 1\n"), (11, "b = a\n")]
     assert ROOT / "README.md" in doc_pages()  # the README has blocks and they are collected
+
+
+def test_a_failing_block_is_named_by_file_and_line(tmp_path):
+    md = tmp_path / "page.md"
+    md.write_text("# t\n```python\nx = 1\n```\ntext\n```python\ny = x + 1\nz = y / 0\n```\n")
+    with pytest.raises(pytest.fail.Exception, match=r"page.md:7: .*ZeroDivisionError") as info:
+        run_page(md, tmp_path)
+    assert f"{md}\", line 8" in str(info.value)  # the traceback points at the Markdown line
+
+
+def test_assumed_variables_are_injected_only_when_the_page_does_not_bind_them(tmp_path):
+    md = tmp_path / "page.md"
+    md.write_text("```python\nimages = 'mine'\n```\n```python\nassert images == 'mine'\n"
+                  "assert side5.shape == (2, 19, 24, 32)\n```\n")
+    run_page(md, tmp_path)
