@@ -72,7 +72,7 @@ def collect_blocks(path: Path) -> list[tuple[int, str]]:
         ):
             i += 1
         if lang in ("python", "py"):
-            body = [ln[len(indent):] if ln.startswith(indent) else ln.lstrip() for ln in lines[start:i]]
+            body = [ln[len(indent) :] if ln.startswith(indent) else ln.lstrip() for ln in lines[start:i]]
             blocks.append((start + 1, "\n".join(body) + "\n"))
         i += 1
     return blocks
@@ -255,8 +255,9 @@ def run_page(page: Path, tmp: Path) -> None:
             exec(code, namespace)
         except Exception as e:  # noqa: BLE001  (any failure of a documented snippet is the finding)
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
-            pytest.fail(f"{rel}:{line}: the block starting here raised {type(e).__name__}: {e}\n{tb}",
-                        pytrace=False)
+            pytest.fail(
+                f"{rel}:{line}: the block starting here raised {type(e).__name__}: {e}\n{tb}", pytrace=False
+            )
 
 
 def _param(page: Path):
@@ -281,11 +282,13 @@ def test_a_failing_block_is_named_by_file_and_line(tmp_path):
     md.write_text("# t\n```python\nx = 1\n```\ntext\n```python\ny = x + 1\nz = y / 0\n```\n")
     with pytest.raises(pytest.fail.Exception, match=r"page.md:7: .*ZeroDivisionError") as info:
         run_page(md, tmp_path)
-    assert f"{md}\", line 8" in str(info.value)  # the traceback points at the Markdown line
+    assert f'{md}", line 8' in str(info.value)  # the traceback points at the Markdown line
 
 
 def test_assumed_variables_are_injected_only_when_the_page_does_not_bind_them(tmp_path):
     md = tmp_path / "page.md"
-    md.write_text("```python\nimages = 'mine'\n```\n```python\nassert images == 'mine'\n"
-                  "assert side5.shape == (2, 19, 24, 32)\n```\n")
+    md.write_text(
+        "```python\nimages = 'mine'\n```\n```python\nassert images == 'mine'\n"
+        "assert side5.shape == (2, 19, 24, 32)\n```\n"
+    )
     run_page(md, tmp_path)
