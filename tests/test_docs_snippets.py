@@ -5,7 +5,8 @@ How a page runs
     types them: a later block continues the earlier ones. The current directory is a fresh temporary
     folder holding the placeholders below; a failure names ``file:line`` of the failing block and the
     exception (tracebacks point at the Markdown lines: each block is compiled with its file name and
-    line offset).
+    line offset). A ``torch.Size([...])`` written in a block's comments is the output the block
+    documents: it must appear in what the block prints.
 
 Textual substitutions (the only edits made to snippet source before it runs)
     ``"/data/``            -> ``"<tmp>/data/`` (absolute dataset roots become the prepared trees)
@@ -38,6 +39,8 @@ block only when the page uses the name and never binds it itself)
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import os
 import re
 import traceback
@@ -239,14 +242,23 @@ def _names(source: str) -> tuple[set[str], set[str]]:
 
 @pytest.fixture
 def page_dir(tmp_path):
-    """A fresh current directory for one page; ``make(names)`` builds the placeholders it names."""
-    saved = os.getcwd()
+    """A fresh current directory for one page (run_page builds the placeholders the page names there)."""
+    saved, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(tmp_path)
     torch.set_num_threads(1)
     try:
         yield tmp_path
     finally:
         os.chdir(saved)
+        torch.set_num_threads(threads)
+
+
+_SHAPE = re.compile(r"torch\.Size\(\[[\d, ]*\]\)")
+
+
+def _documented_shapes(source: str) -> list[str]:
+    """``torch.Size([...])`` written in the block's comments: what its prints must show."""
+    return [m for line in source.splitlines() if "#" in line for m in _SHAPE.findall(line.split("#", 1)[1])]
 
 
 def _rel(page: Path) -> str:
@@ -275,13 +287,22 @@ def run_page(page: Path, tmp: Path) -> None:
         namespace[name] = VARIABLES[name]()
     for line, src in blocks:
         code = compile("\n" * (line - 1) + substitute(src, tmp), str(page), "exec")
+        printed = io.StringIO()
         try:
-            exec(code, namespace)
+            with contextlib.redirect_stdout(printed):
+                exec(code, namespace)
         except Exception as e:  # noqa: BLE001  (any failure of a documented snippet is the finding)
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
             pytest.fail(
                 f"{rel}:{line}: the block starting here raised {type(e).__name__}: {e}\n{tb}", pytrace=False
             )
+        for shape in _documented_shapes(src):
+            if shape not in printed.getvalue():
+                pytest.fail(
+                    f"{rel}:{line}: the block's comment says it prints {shape}, but it printed:\n"
+                    f"{printed.getvalue()}",
+                    pytrace=False,
+                )
 
 
 def _param(page: Path):
@@ -334,3 +355,12 @@ def test_placeholders_are_what_they_claim(tmp_path):
     assert (run / "metrics.jsonl").read_text().strip()
     model, spec = load_model_for_inference(run / "final.pt")
     assert model.num_classes == 4 and spec["backbone"] == "tiny"
+
+
+def test_a_documented_shape_that_is_not_printed_fails(tmp_path):
+    md = tmp_path / "page.md"
+    md.write_text("```python\nimport torch\nprint(torch.zeros(2, 3).shape)   # torch.Size([2, 4])\n```\n")
+    with pytest.raises(pytest.fail.Exception, match=r"page.md:2: .*prints torch.Size\(\[2, 4\]\)"):
+        run_page(md, tmp_path)
+    md.write_text("```python\nimport torch\nprint(torch.zeros(2, 3).shape)   # torch.Size([2, 3])\n```\n")
+    run_page(md, tmp_path)
