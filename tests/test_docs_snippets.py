@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -265,6 +266,23 @@ def _rel(page: Path) -> str:
     return page.relative_to(ROOT).as_posix() if page.is_relative_to(ROOT) else page.name
 
 
+# The extras a page may need (pyproject's timm / eval / export / hub): a page that imports one that is
+# not installed skips, as the other tests do with importorskip; CI installs them all.
+OPTIONAL = ("timm", "matplotlib", "onnx", "onnxruntime", "onnxscript", "huggingface_hub", "tensorboard")
+
+
+def _missing_optional(e: ImportError) -> str | None:
+    for mod in OPTIONAL:
+        if importlib.util.find_spec(mod) is None and (mod == (e.name or "").split(".")[0] or mod in str(e)):
+            return mod
+    return None
+
+
+def _fail(rel: str, line: int, e: BaseException) -> None:
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
+    pytest.fail(f"{rel}:{line}: the block starting here raised {type(e).__name__}: {e}\n{tb}", pytrace=False)
+
+
 def run_page(page: Path, tmp: Path) -> None:
     rel = _rel(page)
     blocks = collect_blocks(page)
@@ -291,11 +309,13 @@ def run_page(page: Path, tmp: Path) -> None:
         try:
             with contextlib.redirect_stdout(printed):
                 exec(code, namespace)
+        except ImportError as e:
+            missing = _missing_optional(e)
+            if missing:
+                pytest.skip(f"{rel}:{line} needs the optional {missing!r}, which is not installed")
+            _fail(rel, line, e)
         except Exception as e:  # noqa: BLE001  (any failure of a documented snippet is the finding)
-            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
-            pytest.fail(
-                f"{rel}:{line}: the block starting here raised {type(e).__name__}: {e}\n{tb}", pytrace=False
-            )
+            _fail(rel, line, e)
         for shape in _documented_shapes(src):
             if shape not in printed.getvalue():
                 pytest.fail(
@@ -364,3 +384,12 @@ def test_a_documented_shape_that_is_not_printed_fails(tmp_path):
         run_page(md, tmp_path)
     md.write_text("```python\nimport torch\nprint(torch.zeros(2, 3).shape)   # torch.Size([2, 3])\n```\n")
     run_page(md, tmp_path)
+
+
+def test_a_page_needing_a_missing_extra_skips_and_a_missing_module_fails(tmp_path):
+    md = tmp_path / "page.md"
+    md.write_text("```python\nimport dynfuse_no_such_module\n```\n")
+    with pytest.raises(pytest.fail.Exception, match=r"page.md:2: .*ModuleNotFoundError"):
+        run_page(md, tmp_path)
+    e = ModuleNotFoundError("No module named 'timm'", name="timm")
+    assert _missing_optional(e) == (None if importlib.util.find_spec("timm") else "timm")
