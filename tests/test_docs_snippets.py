@@ -172,7 +172,9 @@ PLACEHOLDERS = {
 def _tiny_model():
     from dynfuse.models import create_model
 
-    return create_model("dff", backbone="tiny", num_classes=19).eval()
+    with torch.random.fork_rng():  # the same weights on every call: ``out`` is this ``model(images)``
+        torch.manual_seed(0)
+        return create_model("dff", backbone="tiny", num_classes=19).eval()
 
 
 def _images():
@@ -393,3 +395,8 @@ def test_a_page_needing_a_missing_extra_skips_and_a_missing_module_fails(tmp_pat
         run_page(md, tmp_path)
     e = ModuleNotFoundError("No module named 'timm'", name="timm")
     assert _missing_optional(e) == (None if importlib.util.find_spec("timm") else "timm")
+
+
+def test_injected_out_is_the_injected_model_on_the_injected_images():
+    with torch.no_grad():
+        torch.testing.assert_close(VARIABLES["model"]()(VARIABLES["images"]()).fuse, VARIABLES["out"]().fuse)
