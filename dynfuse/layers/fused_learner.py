@@ -54,16 +54,33 @@ def _norm_state(bn: nn.BatchNorm2d) -> BatchNormState:
     return BatchNormState(bn.weight, bn.bias, bn.running_mean, bn.running_var, float(bn.eps))
 
 
+def _conv_bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The 1x1 convolution's bias (:func:`_check_learner` requires one)."""
+    if conv.bias is None:
+        raise TypeError(f"the fused learner needs 1x1 convolutions with bias, got {conv}")
+    return conv.bias
+
+
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(running_mean, running_var) of a BatchNorm2d built with track_running_stats=True."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"the fused learner in eval mode needs BatchNorm running statistics "
+                         f"(track_running_stats=True), {bn} has none")
+    return bn.running_mean, bn.running_var
+
+
 def _update_running(bn: nn.BatchNorm2d, mean: torch.Tensor, var_unbiased: torch.Tensor) -> None:
     """BatchNorm2d's running-statistics update (momentum, or a cumulative average if momentum is None)."""
     if not (bn.training and bn.track_running_stats) or bn.running_mean is None:
         return
+    # track_running_stats=True registers all three buffers; only a user who set one to None gets here.
+    if bn.running_var is None or bn.num_batches_tracked is None:
+        raise ValueError(f"{bn} tracks running statistics but has running_var or num_batches_tracked None")
     with torch.no_grad():
-        assert bn.num_batches_tracked is not None  # set whenever track_running_stats is on
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
         bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
-        bn.running_var.lerp_(var_unbiased.to(bn.running_var.dtype), factor)  # type: ignore[union-attr]
+        bn.running_var.lerp_(var_unbiased.to(bn.running_var.dtype), factor)
 
 
 class FusedLocationAdaptiveFusion(nn.Module):
@@ -108,6 +125,8 @@ class FusedLocationAdaptiveFusion(nn.Module):
         z = side5_w.norm(side5_w.conv(top))
         c1, c2, c3 = (getattr(learner, f"conv{i}") for i in (1, 2, 3))
         deconv = side5_w.upsample
+        up_weight: torch.Tensor | None
+        up_bias: torch.Tensor | None
         if isinstance(deconv, nn.ConvTranspose2d):
             s, pad = side5_w.scale, int(deconv.padding[0])
             cover = (deconv_output_size(z.shape[-2], s, pad), deconv_output_size(z.shape[-1], s, pad))
@@ -123,22 +142,22 @@ class FusedLocationAdaptiveFusion(nn.Module):
             with torch.autocast(top.device.type, enabled=False):
                 up_weight = torch.einsum("icyx,oc->ioyx", deconv.weight.to(ct),
                                          c1[0].weight[:, :, 0, 0].to(ct))
-            up_bias = c1[0].bias
+            up_bias = _conv_bias(c1[0])
         else:
             geometry = UpsampleGeometry("resize", size)
             low = c1[0](z)  # conv1 commutes with the crop and the bilinear resize (weights sum to 1)
             up_weight = up_bias = None
-        bns = (c1[1], c2[1], c3[1])
+        bns: tuple[nn.BatchNorm2d, nn.BatchNorm2d, nn.BatchNorm2d] = (c1[1], c2[1], c3[1])
         modes = {bn.training or bn.running_mean is None for bn in bns}
         if len(modes) > 1:
             raise ValueError("the fused learner needs its three BatchNorm layers all in training mode or all "
                              "in eval mode (with running statistics); got a mix")
         batch_stats = modes.pop()
-        norms = tuple(_norm_state(bn) for bn in bns)
+        norms = (_norm_state(bns[0]), _norm_state(bns[1]), _norm_state(bns[2]))
+        conv_weights = (c2[0].weight[:, :, 0, 0], c3[0].weight[:, :, 0, 0])
+        conv_biases = (_conv_bias(c2[0]), _conv_bias(c3[0]))
         result = fused_learner_fuse(
-            low, up_weight, up_bias,
-            (c2[0].weight[:, :, 0, 0], c3[0].weight[:, :, 0, 0]), (c2[0].bias, c3[0].bias),
-            norms, side5, sides, geometry,  # type: ignore[arg-type]
+            low, up_weight, up_bias, conv_weights, conv_biases, norms, side5, sides, geometry,
             batch_stats=batch_stats, activation=self.activation, chunk_elements=self.chunk_elements,
         )
         if batch_stats:
@@ -148,13 +167,14 @@ class FusedLocationAdaptiveFusion(nn.Module):
         weights = None
         if self.return_weights:
             if batch_stats:
+                assert result.batch_mean is not None and result.batch_var is not None
                 means, variances = result.batch_mean, result.batch_var
             else:
-                means = torch.stack([bn.running_mean for bn in bns])  # type: ignore[misc]
-                variances = torch.stack([bn.running_var for bn in bns])  # type: ignore[misc]
+                running = [_running_stats(bn) for bn in bns]
+                means = torch.stack([mean for mean, _ in running])
+                variances = torch.stack([var for _, var in running])
             weights = materialize_weights(
-                low, up_weight, up_bias, (c2[0].weight[:, :, 0, 0], c3[0].weight[:, :, 0, 0]),
-                (c2[0].bias, c3[0].bias), norms, geometry, means, variances,  # type: ignore[arg-type]
+                low, up_weight, up_bias, conv_weights, conv_biases, norms, geometry, means, variances,
                 learner.num_classes,
             )
         return result.fuse, weights

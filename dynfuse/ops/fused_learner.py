@@ -160,14 +160,28 @@ def _deconv_rows(
     return y[:, :, start : start + (r1 - r0), p : p + out_w]
 
 
+def _phase_bias(bias: torch.Tensor, s: int) -> torch.Tensor:
+    """The (C,) transposed-convolution bias as the (C*s*s,) bias of :func:`phase_kernel`'s convolution."""
+    return bias.repeat_interleave(s * s)
+
+
 def _upsample_params(up_weight: torch.Tensor | None, up_bias: torch.Tensor | None, geo: UpsampleGeometry
                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The transposed convolution's (kernel, bias) in the form :func:`_deconv_rows` takes."""
     if geo.mode != "deconv" or up_weight is None:
         return up_weight, up_bias
     s = geo.stride
-    bias = None if up_bias is None else up_bias.repeat_interleave(s * s)
+    bias = None if up_bias is None else _phase_bias(up_bias, s)
     return phase_kernel(up_weight, s), bias
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` detached, in the compute dtype."""
+    return t.detach().to(dtype)
+
+
+def _cast_optional(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else _cast(t, dtype)
 
 
 def _a1_rows(
@@ -203,13 +217,13 @@ class _BatchNormWithSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, mean, invstd, gamma, beta, m1, m2):  # type: ignore[override]
+    def forward(ctx, a, mean, invstd, gamma, beta, m1, m2):
         xhat = (a - mean[:, None, None]) * invstd[:, None, None]
         ctx.save_for_backward(xhat, invstd, gamma, m1, m2)
         return xhat * gamma[:, None, None] + beta[:, None, None]
 
     @staticmethod
-    def backward(ctx, dy):  # type: ignore[override]
+    def backward(ctx, dy):
         xhat, invstd, gamma, m1, m2 = ctx.saved_tensors
         d_gamma = (dy * xhat).sum(dim=(0, 2, 3))
         d_beta = dy.sum(dim=(0, 2, 3))
@@ -233,6 +247,31 @@ class _Params:
     means: list[torch.Tensor | None]
     invstds: list[torch.Tensor | None]
     raw_up: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # as given, for gradients
+
+    def stats(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, invstd) of BatchNorm layer ``layer``; they exist once the forward has computed them."""
+        mean, invstd = self.means[layer], self.invstds[layer]
+        if mean is None or invstd is None:
+            raise RuntimeError(f"internal error: BatchNorm layer {layer}'s statistics are used before "
+                               "they are computed")
+        return mean, invstd
+
+
+def _params_from_inputs(
+    ct: torch.dtype, geo: UpsampleGeometry, low: torch.Tensor, up_weight: torch.Tensor | None,
+    up_bias: torch.Tensor | None, convs: tuple[torch.Tensor, ...], norms: tuple[torch.Tensor, ...],
+    means: list[torch.Tensor | None], invstds: list[torch.Tensor | None],
+) -> _Params:
+    """The op's inputs as :class:`_Params` in the compute dtype ``ct``.
+
+    convs = (w2, b2, w3, b3); norms = (g1, be1, g2, be2, g3, be3).
+    """
+    raw_up = (_cast_optional(up_weight, ct), _cast_optional(up_bias, ct))
+    kernel, kbias = _upsample_params(*raw_up, geo)
+    w2, b2, w3, b3 = (_cast(t, ct) for t in convs)
+    g1, be1, g2, be2, g3, be3 = (_cast(t, ct) for t in norms)
+    return _Params(_cast(low, ct), kernel, kbias, [w2, w3], [b2, b3], [g1, g2, g3], [be1, be2, be3],
+                   means, invstds, raw_up)
 
 
 def _chunks(geo: UpsampleGeometry, rows: int) -> list[tuple[int, int]]:
@@ -260,8 +299,9 @@ def _layer_input(p: _Params, geo: UpsampleGeometry, r0: int, r1: int,
 
 
 def _bn_plain(a: torch.Tensor, p: _Params, layer: int) -> torch.Tensor:
-    scale = p.gammas[layer] * p.invstds[layer]  # type: ignore[operator]
-    shift = p.betas[layer] - p.means[layer] * scale  # type: ignore[operator]
+    mean, invstd = p.stats(layer)
+    scale = p.gammas[layer] * invstd
+    shift = p.betas[layer] - mean * scale
     return torch.addcmul(shift[:, None, None], a, scale[:, None, None])
 
 
@@ -297,30 +337,34 @@ def _combine(stats: tuple[float, torch.Tensor, torch.Tensor] | None, a: torch.Te
 
 class _FusedLearner(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx, geo: UpsampleGeometry, activation: str | None, batch_stats: bool, eps: float, rows: int,
         running: tuple[torch.Tensor | None, ...],
         low, up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3, side5, sides,
     ):
         ct = compute_dtype(side5.dtype)
-        cast = lambda t: None if t is None else t.detach().to(ct)  # noqa: E731
-        kernel, kbias = _upsample_params(cast(up_weight), cast(up_bias), geo)
-        p = _Params(cast(low), kernel, kbias, [cast(w2), cast(w3)], [cast(b2), cast(b3)],
-                    [cast(g1), cast(g2), cast(g3)], [cast(be1), cast(be2), cast(be3)], [None] * 3, [None] * 3)
+        p = _params_from_inputs(ct, geo, low, up_weight, up_bias, (w2, b2, w3, b3),
+                                (g1, be1, g2, be2, g3, be3), [None] * 3, [None] * 3)
         chunks = _chunks(geo, rows)
         batch_mean, batch_var = [], []
         for layer in range(NUM_LAYERS):
             if batch_stats:
-                acc = None
+                acc: tuple[float, torch.Tensor, torch.Tensor] | None = None
                 for r0, r1 in chunks:
                     a1, _, _ = _layer_input(p, geo, r0, r1)
                     acc = _combine(acc, _forward_to(p, a1, layer + 1))
-                n, mean, m2 = acc  # type: ignore[misc]
+                if acc is None:  # out_size has at least one row (checked by fused_learner_fuse)
+                    raise RuntimeError("internal error: no output rows to take batch statistics over")
+                n, mean, m2 = acc
                 var = m2 / n
                 batch_mean.append(mean)
                 batch_var.append(var)
             else:
-                mean, var = running[2 * layer].double(), running[2 * layer + 1].double()  # type: ignore[union-attr]
+                running_mean, running_var = running[2 * layer], running[2 * layer + 1]
+                if running_mean is None or running_var is None:  # checked by fused_learner_fuse
+                    raise ValueError("eval-mode BatchNorm needs running statistics "
+                                     "(track_running_stats=True)")
+                mean, var = running_mean.double(), running_var.double()
             p.means[layer] = mean.to(ct)
             p.invstds[layer] = torch.rsqrt(var + eps).to(ct)
         out = torch.empty_like(side5)
@@ -346,17 +390,14 @@ class _FusedLearner(torch.autograd.Function):
         return (out, *stats)
 
     @staticmethod
-    def backward(ctx, grad, *_):  # type: ignore[override]
+    def backward(ctx, grad, *_stat_grads):  # the batch statistics are non-differentiable
         saved = ctx.saved_tensors
         low, up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3, side5, sides = saved
         geo: UpsampleGeometry = ctx.geo
         ct = compute_dtype(side5.dtype)
-        cast = lambda t: None if t is None else t.detach().to(ct)  # noqa: E731
         means, invstds = ctx.stats
-        kernel, kbias = _upsample_params(cast(up_weight), cast(up_bias), geo)
-        p = _Params(cast(low), kernel, kbias, [cast(w2), cast(w3)], [cast(b2), cast(b3)],
-                    [cast(g1), cast(g2), cast(g3)], [cast(be1), cast(be2), cast(be3)], means, invstds)
-        p.raw_up = (cast(up_weight), cast(up_bias))
+        p = _params_from_inputs(ct, geo, low, up_weight, up_bias, (w2, b2, w3, b3),
+                                (g1, be1, g2, be2, g3, be3), means, invstds)
         g = grad.to(ct)
         chunks = _chunks(geo, ctx.rows)
         n_pix = float(side5.shape[0] * geo.out_size[0] * geo.out_size[1])
@@ -371,7 +412,8 @@ class _FusedLearner(torch.autograd.Function):
                     with torch.no_grad():
                         a1, _, _ = _layer_input(p, geo, r0, r1)
                         a = _forward_to(p, a1, layer + 1)
-                        xhat = (a - p.means[layer][:, None, None]) * p.invstds[layer][:, None, None]
+                        mean, invstd = p.stats(layer)
+                        xhat = (a - mean[:, None, None]) * invstd[:, None, None]
                         y = (xhat * p.gammas[layer][:, None, None] + p.betas[layer][:, None, None])
                     y.requires_grad_()
                     with torch.enable_grad():
@@ -390,18 +432,24 @@ def _tail(p: _Params, y: torch.Tensor, layer: int, corr: list[tuple[torch.Tensor
     """Graph from layer ``layer``'s BatchNorm output y to the weights w (layers above, corrected)."""
     for nxt in range(layer + 1, NUM_LAYERS):
         a = _conv1x1(torch.relu(y), p.weights[nxt - 1], p.biases[nxt - 1])
-        y = _BatchNormWithSums.apply(a, p.means[nxt], p.invstds[nxt], p.gammas[nxt], p.betas[nxt], *corr[nxt])
+        y = _BatchNormWithSums.apply(a, *p.stats(nxt), p.gammas[nxt], p.betas[nxt], *corr[nxt])
     return y
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``t`` that autograd differentiates with respect to."""
+    return t.detach().requires_grad_()
 
 
 def _gradient_pass(ctx, p: _Params, g: torch.Tensor, chunks, corr, low, side5, sides) -> tuple:
     """Every input's gradient in one pass with the corrected BatchNorms (all sums known)."""
     geo: UpsampleGeometry = ctx.geo
     needs = ctx.needs_input_grad[6:]
-    leaves = [p.up_weight, p.up_bias, *[v for pair in zip(p.weights, p.biases, strict=True) for v in pair],
-              *[v for pair in zip(p.gammas, p.betas, strict=True) for v in pair]]
-    leaves = [None if t is None else t.detach().requires_grad_() for t in leaves]
-    up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3 = leaves
+    up_weight, up_bias = (None if t is None else _leaf(t) for t in (p.up_weight, p.up_bias))
+    (w2, w3), (b2, b3) = (_leaf(t) for t in p.weights), (_leaf(t) for t in p.biases)
+    (g1, g2, g3), (be1, be2, be3) = (_leaf(t) for t in p.gammas), (_leaf(t) for t in p.betas)
+    # The order of the op's inputs 7..18 (ctx.saved_tensors[1:13]).
+    leaves: list[torch.Tensor | None] = [up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3]
     p_leaf = _Params(p.low, up_weight, up_bias, [w2, w3], [b2, b3], [g1, g2, g3], [be1, be2, be3],
                      p.means, p.invstds)
     acc: list[torch.Tensor | None] = [None] * len(leaves)
@@ -416,7 +464,7 @@ def _gradient_pass(ctx, p: _Params, g: torch.Tensor, chunks, corr, low, side5, s
         xs = sides[:, :, r0:r1].detach().to(ct).requires_grad_()
         with torch.enable_grad():
             a1, _, _ = _layer_input(p_leaf, geo, r0, r1, low=low_rows)
-            y = _BatchNormWithSums.apply(a1, p.means[0], p.invstds[0], g1, be1, *corr[0])
+            y = _BatchNormWithSums.apply(a1, *p.stats(0), g1, be1, *corr[0])
             w = _tail(p_leaf, y, 0, corr)
             out = _fuse_chunk(w, x5, xs, ctx.activation)
         inputs = [low_rows, x5, xs] + [t for t in leaves if t is not None]
@@ -433,21 +481,27 @@ def _gradient_pass(ctx, p: _Params, g: torch.Tensor, chunks, corr, low, side5, s
                 continue
             gi = next(it)
             if gi is not None:
-                acc[i] = gi if acc[i] is None else acc[i] + gi
-    if geo.mode == "deconv" and p.raw_up[0] is not None and acc[0] is not None and acc[1] is not None:
+                prev = acc[i]
+                acc[i] = gi if prev is None else prev + gi
+    raw_weight, raw_bias = p.raw_up
+    d_kernel, d_kbias = acc[0], acc[1]
+    if (geo.mode == "deconv" and raw_weight is not None and raw_bias is not None
+            and d_kernel is not None and d_kbias is not None):
         # Back from the phase-kernel form to the (Cin, Cout, 2s, 2s) weight and the (C,) bias.
-        raw_w, raw_b = (t.detach().requires_grad_() for t in p.raw_up)  # type: ignore[union-attr]
+        raw_w, raw_b = _leaf(raw_weight), _leaf(raw_bias)
         with torch.enable_grad():
-            kernel, kbias = _upsample_params(raw_w, raw_b, geo)
-        acc[0], acc[1] = torch.autograd.grad((kernel, kbias), (raw_w, raw_b), (acc[0], acc[1]))
+            kernel, kbias = phase_kernel(raw_w, geo.stride), _phase_bias(raw_b, geo.stride)
+        acc[0], acc[1] = torch.autograd.grad((kernel, kbias), (raw_w, raw_b), (d_kernel, d_kbias))
     originals = ctx.saved_tensors[1:13]
     out_grads: list[torch.Tensor | None] = [None if d_low is None else d_low.to(low.dtype)]
     for i, (orig, need) in enumerate(zip(originals, needs[1:13], strict=True)):
         if orig is None or not need:
             out_grads.append(None)
         else:
-            gi = acc[i] if acc[i] is not None else torch.zeros_like(orig, dtype=p.low.dtype)
-            out_grads.append(gi.to(orig.dtype))
+            total = acc[i]
+            if total is None:
+                total = torch.zeros_like(orig, dtype=p.low.dtype)
+            out_grads.append(total.to(orig.dtype))
     out_grads.append(d_side5)
     out_grads.append(d_sides)
     return tuple(out_grads)
@@ -578,15 +632,14 @@ def materialize_weights(
     """The learner's weights (B, K, C/K, H, W) (before any activation), without autograd, row chunk by
     row chunk, given the BatchNorm statistics used (biased variances for batch statistics)."""
     ct = compute_dtype(low.dtype)
-    cast = lambda t: None if t is None else t.detach().to(ct)  # noqa: E731
     ones = torch.ones(low.shape[1], dtype=ct, device=low.device)
-    kernel, kbias = _upsample_params(cast(up_weight), cast(up_bias), geometry)
-    p = _Params(cast(low), kernel, kbias, [cast(conv_weights[0]), cast(conv_weights[1])],
-                [cast(conv_biases[0]), cast(conv_biases[1])],
-                [cast(n.weight) if n.weight is not None else ones for n in norms],
-                [cast(n.bias) if n.bias is not None else ones * 0 for n in norms],
-                [cast(m) for m in means],
-                [torch.rsqrt(cast(v) + n.eps) for v, n in zip(variances, norms, strict=True)])
+    kernel, kbias = _upsample_params(_cast_optional(up_weight, ct), _cast_optional(up_bias, ct), geometry)
+    p = _Params(_cast(low, ct), kernel, kbias, [_cast(conv_weights[0], ct), _cast(conv_weights[1], ct)],
+                [_cast(conv_biases[0], ct), _cast(conv_biases[1], ct)],
+                [_cast(n.weight, ct) if n.weight is not None else ones for n in norms],
+                [_cast(n.bias, ct) if n.bias is not None else ones * 0 for n in norms],
+                [_cast(m, ct) for m in means],
+                [torch.rsqrt(_cast(v, ct) + n.eps) for v, n in zip(variances, norms, strict=True)])
     b, c = low.shape[:2]
     h_out, w_out = geometry.out_size
     out = torch.empty((b, c, h_out, w_out), dtype=low.dtype, device=low.device)
