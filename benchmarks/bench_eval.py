@@ -56,8 +56,13 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, nargs=2, default=(512, 1024))
     ap.add_argument("--classes", type=int, default=4, help="image-classes timed per setting")
     ap.add_argument("--peer-classes", type=int, default=1, help="image-classes for pyedgeeval")
-    ap.add_argument("--peer-settings", type=int, nargs="*", default=[0],
-                    help="indices into SETTINGS timed with pyedgeeval (0 thin, 1 raw, 2 0.02)")
+    ap.add_argument(
+        "--peer-settings",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="indices into SETTINGS timed with pyedgeeval (0 thin, 1 raw, 2 0.02)",
+    )
     ap.add_argument("--out", default=os.path.join(HERE, "results", "eval_cpu.md"))
     args = ap.parse_args(argv)
     thr = np.linspace(0.01, 0.99, 99)
@@ -78,8 +83,11 @@ def main(argv=None) -> int:
         s = float(np.mean(times))
         proj_h = 500 * 19 * s / 16 / 3600
         rows.append([name, s, proj_h, same])
-        print(f"{name}: {s:.2f} s/image-class, Cityscapes val on 16 cores ~{proj_h:.2f} h, "
-              f"deterministic={same}", flush=True)
+        print(
+            f"{name}: {s:.2f} s/image-class, Cityscapes val on 16 cores ~{proj_h:.2f} h, "
+            f"deterministic={same}",
+            flush=True,
+        )
 
     pe = load_pyedgeeval()
     peer_rows = []
@@ -95,8 +103,10 @@ def main(argv=None) -> int:
                 to = time.perf_counter() - t0
                 dm = int((oc[:, 0] - pc[:, 0]).sum())
                 peer_rows.append([name, k + 1, tp, to, tp / to, dm, int(oc[:, 0].sum())])
-                print(f"pyedgeeval {name} class {k + 1}: {tp:.1f} s vs ours {to:.2f} s "
-                      f"-> {tp / to:.0f}x", flush=True)
+                print(
+                    f"pyedgeeval {name} class {k + 1}: {tp:.1f} s vs ours {to:.2f} s -> {tp / to:.0f}x",
+                    flush=True,
+                )
 
     import scipy
 
@@ -105,8 +115,7 @@ def main(argv=None) -> int:
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- device: {cpu_name()}, {os.cpu_count()} logical CPUs (one process per image-class)",
-        f"- versions: python {platform.python_version()}, numpy {np.__version__}, "
-        f"scipy {scipy.__version__}",
+        f"- versions: python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}",
         f"- data: {args.size[0]}x{args.size[1]} synthetic image (dynfuse.eval.synthetic, seed 0), "
         f"99 thresholds; prediction density at t = 0.01 / 0.1 / 0.5: "
         f"{dens[0]:.2f} / {dens[1]:.3f} / {dens[2]:.3f}",
@@ -125,8 +134,10 @@ def main(argv=None) -> int:
             "| setting | class | pyedgeeval s | ours s | speed-up | matched px ours - peer "
             "(sum over thresholds) | matched px ours |",
             "|---|---|---|---|---|---|---|",
-            *[f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.0f}x | {r[5]} | {r[6]} |"
-              for r in peer_rows],
+            *[
+                f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.0f}x | {r[5]} | {r[6]} |"
+                for r in peer_rows
+            ],
             "",
         ]
     else:

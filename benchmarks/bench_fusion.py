@@ -67,8 +67,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
     return times
 
 
-def median_and_spread(fn: Callable[[], object], device: torch.device, repeats: int
-                      ) -> tuple[float, float]:
+def median_and_spread(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
     """(median seconds, spread seconds) of ``fn``.
 
     CUDA with Triton: ``triton.testing.do_bench`` (events, L2 flushed before each run), spread =
@@ -81,8 +80,7 @@ def median_and_spread(fn: Callable[[], object], device: torch.device, repeats: i
             do_bench = None
         if do_bench is not None:
             # rep/warmup are milliseconds of running; ~``repeats`` x 10 ms covers the slow peers.
-            med, lo, hi = do_bench(fn, warmup=25, rep=max(50, 10 * repeats),
-                                   quantiles=[0.5, 0.1, 0.9])
+            med, lo, hi = do_bench(fn, warmup=25, rep=max(50, 10 * repeats), quantiles=[0.5, 0.1, 0.9])
             return med / 1e3, (hi - lo) / 1e3
     times = timed(fn, device, repeats)
     return statistics.median(times), max(times) - min(times)
@@ -198,8 +196,9 @@ def peers(device: torch.device, with_compile: bool) -> dict[str, FuseFn]:
     return rows
 
 
-def make_inputs(shape: tuple[int, int, int, int, int], dtype: torch.dtype, device: torch.device
-                ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_inputs(
+    shape: tuple[int, int, int, int, int], dtype: torch.dtype, device: torch.device
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """Random (side5, sides, adaptive weights) leaves and an output gradient (never zeros)."""
     b, k, s, h, w = shape
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -211,16 +210,24 @@ def make_inputs(shape: tuple[int, int, int, int, int], dtype: torch.dtype, devic
     return inputs, torch.randn(b, k, h, w, generator=gen).to(device=device, dtype=dtype)
 
 
-def measure_peak(fn: FuseFn, shape: tuple[int, int, int, int, int], dtype: torch.dtype,
-                 device: torch.device) -> float | None:
+def measure_peak(
+    fn: FuseFn, shape: tuple[int, int, int, int, int], dtype: torch.dtype, device: torch.device
+) -> float | None:
     """Peak extra MB of one forward+backward."""
     inputs, grad = make_inputs(shape, dtype, device)
     peak = peak_extra_bytes(lambda: torch.autograd.grad(fn(*inputs), inputs, grad), device)
     return None if peak is None else peak / 2**20
 
 
-def measure(name: str, fn: FuseFn, shape: tuple[int, int, int, int, int], dtype: torch.dtype,
-            device: torch.device, repeats: int, with_memory: bool = True) -> dict[str, object]:
+def measure(
+    name: str,
+    fn: FuseFn,
+    shape: tuple[int, int, int, int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    repeats: int,
+    with_memory: bool = True,
+) -> dict[str, object]:
     b, k, s, h, w = shape
     inputs, grad = make_inputs(shape, dtype, device)
 
@@ -246,9 +253,13 @@ def measure(name: str, fn: FuseFn, shape: tuple[int, int, int, int, int], dtype:
     fwd_b, bwd_b = bytes_per_pixel(k, s, torch.finfo(dtype).bits // 8)
     pixels = b * h * w
     return {
-        "backend": name, "shape": f"{b}x{h}x{w}", "dtype": str(dtype).replace("torch.", ""),
-        "fwd_ms": 1e3 * t_fwd, "bwd_ms": 1e3 * t_bwd,
-        "both_ms": 1e3 * both, "spread_ms": 1e3 * spread,
+        "backend": name,
+        "shape": f"{b}x{h}x{w}",
+        "dtype": str(dtype).replace("torch.", ""),
+        "fwd_ms": 1e3 * t_fwd,
+        "bwd_ms": 1e3 * t_bwd,
+        "both_ms": 1e3 * both,
+        "spread_ms": 1e3 * spread,
         "peak_mb": peak_mb,
         "fwd_gbps": fwd_b * pixels / t_fwd / 1e9,
         "bwd_gbps": bwd_b * pixels / t_bwd / 1e9,
@@ -262,10 +273,16 @@ def environment(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-               f"{torch.get_num_threads()} torch threads"
-    env = {"device": name, "torch": torch.__version__, "python": platform.python_version(),
-           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        name = (
+            f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads"
+        )
+    env = {
+        "device": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     try:
         import triton
 
@@ -276,18 +293,26 @@ def environment(device: torch.device) -> dict[str, str]:
 
 
 def render(rows: list[dict[str, object]], copy_gbps: float) -> str:
-    head = ("| shape | dtype | backend | fwd ms | bwd ms | fwd+bwd ms | spread ms | peak extra MB | GB/s "
-            "| % copy fwd / bwd / both | x plain | x authors |")
+    head = (
+        "| shape | dtype | backend | fwd ms | bwd ms | fwd+bwd ms | spread ms | peak extra MB | GB/s "
+        "| % copy fwd / bwd / both | x plain | x authors |"
+    )
     lines = [head, "|" + "---|" * 12]
 
     def pct(gbps: object) -> str:
         return f"{100 * float(gbps) / copy_gbps:.0f}"
 
     for r in rows:
-        base = next(x for x in rows if x["shape"] == r["shape"] and x["dtype"] == r["dtype"]
-                    and x["backend"] == "plain")
-        auth = next(x for x in rows if x["shape"] == r["shape"] and x["dtype"] == r["dtype"]
-                    and x["backend"] == "authors")
+        base = next(
+            x
+            for x in rows
+            if x["shape"] == r["shape"] and x["dtype"] == r["dtype"] and x["backend"] == "plain"
+        )
+        auth = next(
+            x
+            for x in rows
+            if x["shape"] == r["shape"] and x["dtype"] == r["dtype"] and x["backend"] == "authors"
+        )
         peak = "n/a" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
         lines.append(
             f"| {r['shape']} | {r['dtype']} | {r['backend']} | {r['fwd_ms']:.2f} | {r['bwd_ms']:.2f} | "
@@ -310,16 +335,20 @@ def headline(rows: list[dict[str, object]], copy_gbps: float, shape: str = "8x64
         for peer, target in (("authors", 5.0), ("plain", 2.5), ("compile(plain)", 1.0)):
             if peer in got:
                 ratio = float(got[peer]["both_ms"]) / t
-                checks.append(f"{ratio:.2f}x {peer} (target >= {target:g}x: "
-                              f"{'met' if ratio >= target else 'MISSED'})")
+                checks.append(
+                    f"{ratio:.2f}x {peer} (target >= {target:g}x: {'met' if ratio >= target else 'MISSED'})"
+                )
         frac = float(got["triton"]["gbps"]) / copy_gbps
-        checks.append(f"{100 * frac:.0f}% of copy bandwidth (target >= 80%: "
-                      f"{'met' if frac >= 0.8 else 'MISSED'})")
+        checks.append(
+            f"{100 * frac:.0f}% of copy bandwidth (target >= 80%: {'met' if frac >= 0.8 else 'MISSED'})"
+        )
         peak = got["triton"]["peak_mb"]
         if peak is not None:
             need = float(got["triton"]["needed_mb"])
-            checks.append(f"peak extra {peak:.0f} MB vs outputs+gradients {need:.0f} MB "
-                          f"({'met' if peak <= need * 1.05 else 'MISSED'})")
+            checks.append(
+                f"peak extra {peak:.0f} MB vs outputs+gradients {need:.0f} MB "
+                f"({'met' if peak <= need * 1.05 else 'MISSED'})"
+            )
         out.append(f"- triton {shape} {dtype} forward+backward: " + "; ".join(checks))
     return "\n".join(out)
 
@@ -332,8 +361,12 @@ def device_slug(device: torch.device) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
 
 
-def tune(device: torch.device, shape: tuple[int, int, int, int, int], dtypes: list[torch.dtype],
-         configs: list[tuple[int, int]]) -> str:
+def tune(
+    device: torch.device,
+    shape: tuple[int, int, int, int, int],
+    dtypes: list[torch.dtype],
+    configs: list[tuple[int, int]],
+) -> str:
     """Time the Triton forward and backward alone under each (pixels per program, warps) config.
 
     Uses the backend's ``block_config`` hook; prints and returns a markdown table. The library's
@@ -344,19 +377,20 @@ def tune(device: torch.device, shape: tuple[int, int, int, int, int], dtypes: li
     b, k, s, h, w = shape
     default = triton_backend.block_config
     lines = ["| dtype | BLOCK | warps | fwd ms | bwd ms |", "|---|---|---|---|---|"]
+
     def time_kernels(side5, sides, weights, grad) -> tuple[float, float]:  # type: ignore[no-untyped-def]
         ops = torch.ops.dynfuse
-        fwd, _ = median_and_spread(lambda: ops.fusion_forward(side5, sides, weights, False),
-                                   device, 5)
-        bwd, _ = median_and_spread(lambda: ops.fusion_backward(grad, side5, sides, weights, False),
-                                   device, 5)
+        fwd, _ = median_and_spread(lambda: ops.fusion_forward(side5, sides, weights, False), device, 5)
+        bwd, _ = median_and_spread(lambda: ops.fusion_backward(grad, side5, sides, weights, False), device, 5)
         return fwd, bwd
 
     try:
         for dtype in dtypes:
             gen = torch.Generator(device="cpu").manual_seed(0)
-            tensors = [torch.randn(*sz, generator=gen).to(device, dtype)
-                       for sz in ((b, k, h, w), (b, s, h, w), (b, k, s + 1, h, w), (b, k, h, w))]
+            tensors = [
+                torch.randn(*sz, generator=gen).to(device, dtype)
+                for sz in ((b, k, h, w), (b, s, h, w), (b, k, s + 1, h, w), (b, k, h, w))
+            ]
             for block, warps in configs:
                 triton_backend.block_config = lambda *a, _c=(block, warps): _c
                 fwd, bwd = time_kernels(*tensors)
@@ -375,10 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     parser.add_argument("--out", type=Path, default=None, help="markdown record (default: results/)")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="folder for the record under its default name fusion_<device>.md")
-    parser.add_argument("--tune", action="store_true",
-                        help="CUDA: also time the Triton kernels under several block configs")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="folder for the record under its default name fusion_<device>.md",
+    )
+    parser.add_argument(
+        "--tune", action="store_true", help="CUDA: also time the Triton kernels under several block configs"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     k, s = 19, 3
@@ -399,8 +438,11 @@ def main(argv: list[str] | None = None) -> int:
                 # On CPU, memory is measured in a second pass: pinning glibc's mmap threshold (needed
                 # for an honest resident-set peak) makes every allocation fault its pages in anew,
                 # which would slow the timings.
-                rows.append(measure(name, fn, (b, k, s, h, w), dtype, device, repeats,
-                                    with_memory=device.type != "cpu"))
+                rows.append(
+                    measure(
+                        name, fn, (b, k, s, h, w), dtype, device, repeats, with_memory=device.type != "cpu"
+                    )
+                )
                 print(f"  {name:>15} {b}x{h}x{w} {dtype}: {rows[-1]['both_ms']:.2f} ms", flush=True)
     if device.type == "cpu":
         pin_malloc_mmap_threshold()
@@ -428,9 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda"
         else f"median of {repeats} repeats, spread = max - min"
     )
-    text = (f"# Fusion op benchmark ({device.type})\n\n{header}\n- K={k}, S={s}, adaptive weights, "
-            f"{timing}; command: `python benchmarks/{Path(__file__).name} "
-            f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{table}\n")
+    text = (
+        f"# Fusion op benchmark ({device.type})\n\n{header}\n- K={k}, S={s}, adaptive weights, "
+        f"{timing}; command: `python benchmarks/{Path(__file__).name} "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{table}\n"
+    )
     print(text)
     out = args.out or (args.out_dir or RESULTS) / f"fusion_{device_slug(device)}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-HEAVY = ("triton", "torch._inductor", "torch._dynamo", "torchvision", "timm", "scipy", "PIL",
-         "matplotlib", "onnx", "onnxruntime")
+HEAVY = (
+    "triton",
+    "torch._inductor",
+    "torch._dynamo",
+    "torchvision",
+    "timm",
+    "scipy",
+    "PIL",
+    "matplotlib",
+    "onnx",
+    "onnxruntime",
+)
 
 PROBE = f"""
 import json, sys, time
@@ -47,8 +57,14 @@ def probe(checkout: Path) -> dict:
     """One fresh interpreter importing torch, then dynfuse from ``checkout``."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(checkout))
-    proc = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
-                          check=True, cwd=tempfile.gettempdir())
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if not Path(result["file"]).resolve().is_relative_to(checkout.resolve()):
         raise RuntimeError(f"imported {result['file']}, not the checkout {checkout}")
@@ -77,8 +93,9 @@ def export_revision(rev: str, into: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9, help="timed fresh interpreters per checkout")
-    parser.add_argument("--ref", action="append", default=[],
-                        help="also measure this git revision (repeatable)")
+    parser.add_argument(
+        "--ref", action="append", default=[], help="also measure this git revision (repeatable)"
+    )
     parser.add_argument("--note", default="", help="a line about the machine's load, for the record")
     parser.add_argument("--out", type=Path, default=RESULTS / "import_cpu.md")
     args = parser.parse_args(argv)
@@ -87,20 +104,27 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         checkouts = [("this checkout", ROOT)]
         for rev in args.ref:
-            sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev],
-                                 capture_output=True, text=True, check=True).stdout.strip()
+            sha = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
             target = Path(tmp) / sha
             target.mkdir()
             checkouts.append((f"revision {sha}", export_revision(rev, target)))
         for name, path in checkouts:
             m = measure(path, args.runs)
             rows.append((name, m))
-            print(f"{name}: import torch {m['torch'][0]:.3f} s, import dynfuse beyond torch "
-                  f"{m['dynfuse'][0]:.3f} s (min {m['dynfuse'][1]:.3f}, max {m['dynfuse'][2]:.3f}); "
-                  f"heavy modules: {', '.join(m['heavy']) or 'none'}")
+            print(
+                f"{name}: import torch {m['torch'][0]:.3f} s, import dynfuse beyond torch "
+                f"{m['dynfuse'][0]:.3f} s (min {m['dynfuse'][1]:.3f}, max {m['dynfuse'][2]:.3f}); "
+                f"heavy modules: {', '.join(m['heavy']) or 'none'}"
+            )
 
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     import torch  # only for its version in the record
 
     lines = [
@@ -111,16 +135,17 @@ def main(argv: list[str] | None = None) -> int:
         f"- torch: {torch.__version__}; python: {platform.python_version()}",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; checkout HEAD {head}",
         f"- {args.runs} fresh interpreters per row after one warm-up; median (min-max) seconds",
-        "- command: `python benchmarks/bench_import.py"
-        + "".join(f" --ref {r}" for r in args.ref) + "`",
+        "- command: `python benchmarks/bench_import.py" + "".join(f" --ref {r}" for r in args.ref) + "`",
         "",
         "| code | import torch s | import dynfuse beyond torch s | heavy modules pulled in by dynfuse |",
         "|---|---|---|---|",
     ]
     for name, m in rows:
         t, d = m["torch"], m["dynfuse"]
-        lines.append(f"| {name} | {t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f}) | {d[0]:.3f} ({d[1]:.3f}-{d[2]:.3f}) "
-                     f"| {', '.join(m['heavy']) or 'none'} |")
+        lines.append(
+            f"| {name} | {t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f}) | {d[0]:.3f} ({d[1]:.3f}-{d[2]:.3f}) "
+            f"| {', '.join(m['heavy']) or 'none'} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

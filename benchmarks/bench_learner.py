@@ -77,10 +77,14 @@ def make_head(variant: str, device: torch.device, base: DFFHead | None = None) -
 
 def make_inputs(b: int, size: int, device: torch.device):
     gen = torch.Generator().manual_seed(0)
-    feats = [torch.randn(b, c, size // s, size // s, generator=gen).to(device).requires_grad_()
-             for c, s in zip(CHANNELS, STRIDES, strict=True)]
-    grads = (torch.randn(b, K, size, size, generator=gen).to(device),
-             torch.randn(b, K, size, size, generator=gen).to(device))
+    feats = [
+        torch.randn(b, c, size // s, size // s, generator=gen).to(device).requires_grad_()
+        for c, s in zip(CHANNELS, STRIDES, strict=True)
+    ]
+    grads = (
+        torch.randn(b, K, size, size, generator=gen).to(device),
+        torch.randn(b, K, size, size, generator=gen).to(device),
+    )
     return feats, grads
 
 
@@ -108,8 +112,9 @@ def run_heads(b: int, size: int, device: torch.device, repeats: int) -> list[dic
         diff = float((fuse - reference).abs().max()) / float(reference.abs().max())
         med, spread = median_and_spread(lambda h=head: head_step(h, feats, grads), device, repeats)
         rows.append({"variant": name, "ms": 1e3 * med, "spread_ms": 1e3 * spread, "rel_diff": diff})
-        print(f"  {name:>10}: {1e3 * med:.0f} ms, max |fuse - unfused| / max |unfused| = {diff:.1e}",
-              flush=True)
+        print(
+            f"  {name:>10}: {1e3 * med:.0f} ms, max |fuse - unfused| / max |unfused| = {diff:.1e}", flush=True
+        )
     for row in rows:
         row["peak_mb"] = measure_peak_in_child(str(row["variant"]), b, size, device)
         print(f"  {row['variant']:>10}: peak extra {row['peak_mb']:.0f} MB", flush=True)
@@ -118,8 +123,18 @@ def run_heads(b: int, size: int, device: torch.device, repeats: int) -> list[dic
 
 def measure_peak_in_child(variant: str, b: int, size: int, device: torch.device) -> float:
     """Peak extra MB of one head step, measured in a fresh process (see ``child_peak``)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-peak", variant, "--device", str(device),
-           "--batch", str(b), "--size", str(size)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child-peak",
+        variant,
+        "--device",
+        str(device),
+        "--batch",
+        str(b),
+        "--size",
+        str(size),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"memory measurement of {variant} failed:\n{res.stderr[-2000:]}")
@@ -170,25 +185,31 @@ print(json.dumps(dict(ms=1e3 * elapsed, peak_mb=(peak - base) / 1024, loss=float
 def run_model(b: int, size: int) -> list[dict[str, object]]:
     rows = []
     for variant in ("unfused", "fused"):
-        code = MODEL_CHILD.format(root=str(Path(__file__).resolve().parents[1]), k=K, b=b, size=size,
-                                  fused=variant == "fused")
+        code = MODEL_CHILD.format(
+            root=str(Path(__file__).resolve().parents[1]), k=K, b=b, size=size, fused=variant == "fused"
+        )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"model step ({variant}) failed:\n{res.stderr[-2000:]}")
         row = json.loads(res.stdout.strip().splitlines()[-1])
         row["variant"] = variant
         rows.append(row)
-        print(f"  DFF-R50 {variant}: {row['ms']:.0f} ms, peak extra {row['peak_mb']:.0f} MB, "
-              f"loss {row['loss']:.6f}", flush=True)
+        print(
+            f"  DFF-R50 {variant}: {row['ms']:.0f} ms, peak extra {row['peak_mb']:.0f} MB, "
+            f"loss {row['loss']:.6f}",
+            flush=True,
+        )
     return rows
 
 
 def render(rows: list[dict[str, object]]) -> str:
     base = next(r for r in rows if r["variant"] == "unfused")
     floor = next((r for r in rows if r["variant"] == "floor"), None)
-    lines = ["| variant | fwd+bwd ms | spread ms | x unfused time | peak extra MB | x unfused memory "
-             "| branch MB (peak - floor) | x unfused branch | max abs(fuse - unfused) / max abs(unfused) |",
-             "|" + "---|" * 9]
+    lines = [
+        "| variant | fwd+bwd ms | spread ms | x unfused time | peak extra MB | x unfused memory "
+        "| branch MB (peak - floor) | x unfused branch | max abs(fuse - unfused) / max abs(unfused) |",
+        "|" + "---|" * 9,
+    ]
     for r in rows:
         peak = r.get("peak_mb")
         mem = "n/a" if peak is None else f"{peak:.0f}"
@@ -198,8 +219,10 @@ def render(rows: list[dict[str, object]]) -> str:
             own, ref = peak - floor["peak_mb"], base["peak_mb"] - floor["peak_mb"]
             branch, branch_ratio = f"{own:.0f}", f"{own / ref:.2f}"
         diff = "(other model)" if r["variant"] in ("top", "floor") else f"{r['rel_diff']:.1e}"
-        lines.append(f"| {r['variant']} | {r['ms']:.0f} | {r['spread_ms']:.0f} | "
-                     f"{r['ms'] / base['ms']:.2f} | {mem} | {ratio} | {branch} | {branch_ratio} | {diff} |")
+        lines.append(
+            f"| {r['variant']} | {r['ms']:.0f} | {r['spread_ms']:.0f} | "
+            f"{r['ms'] / base['ms']:.2f} | {mem} | {ratio} | {branch} | {branch_ratio} | {diff} |"
+        )
     return "\n".join(lines)
 
 
@@ -226,25 +249,32 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(device)
     header = "\n".join(f"- {key}: {value}" for key, value in env.items())
     command = " ".join(argv if argv is not None else sys.argv[1:])
-    text = (f"# Fused location-adaptive branch benchmark ({device.type})\n\n{header}\n"
-            f"- setting: B={b}, {size}x{size}, K={K}, S={S}, levels {CHANNELS} at strides {STRIDES}, "
-            f"float32, training mode; features require grad; median of {repeats} repeats, "
-            f"spread = max - min\n- command: `python benchmarks/bench_learner.py {command}`\n\n"
-            f"Head forward+backward:\n\n{render(rows)}\n")
+    text = (
+        f"# Fused location-adaptive branch benchmark ({device.type})\n\n{header}\n"
+        f"- setting: B={b}, {size}x{size}, K={K}, S={S}, levels {CHANNELS} at strides {STRIDES}, "
+        f"float32, training mode; features require grad; median of {repeats} repeats, "
+        f"spread = max - min\n- command: `python benchmarks/bench_learner.py {command}`\n\n"
+        f"Head forward+backward:\n\n{render(rows)}\n"
+    )
     fused = next(r for r in rows if r["variant"] == "fused")
     unfused = next(r for r in rows if r["variant"] == "unfused")
     if fused.get("peak_mb") is not None and unfused.get("peak_mb") is not None:
         frac = float(fused["peak_mb"]) / float(unfused["peak_mb"])
-        text += (f"\nTarget (issue 12, CPU): fused extra peak <= 0.3 of unfused: {frac:.2f} "
-                 f"({'met' if frac <= 0.3 else 'MISSED'}); fused output relative difference "
-                 f"{fused['rel_diff']:.1e} (float32).\n")
+        text += (
+            f"\nTarget (issue 12, CPU): fused extra peak <= 0.3 of unfused: {frac:.2f} "
+            f"({'met' if frac <= 0.3 else 'MISSED'}); fused output relative difference "
+            f"{fused['rel_diff']:.1e} (float32).\n"
+        )
     if args.model:
         model_rows = run_model(b, size)
         lines = ["| variant | step ms | peak extra MB (ru_maxrss) | loss |", "|---|---|---|---|"]
         for r in model_rows:
             lines.append(f"| {r['variant']} | {r['ms']:.0f} | {r['peak_mb']:.0f} | {r['loss']:.6f} |")
-        text += ("\nDFF-R50 training step (forward, DFF loss, backward; one step in a fresh process):\n\n"
-                 + "\n".join(lines) + "\n")
+        text += (
+            "\nDFF-R50 training step (forward, DFF loss, backward; one step in a fresh process):\n\n"
+            + "\n".join(lines)
+            + "\n"
+        )
     print(text)
     out = args.out or RESULTS / f"learner_{device_slug(device)}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

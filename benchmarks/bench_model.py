@@ -53,22 +53,50 @@ sys.path.insert(0, str(ROOT))
 NUM_CLASSES = 19
 
 CONFIGS: dict[str, dict] = {
-    "authors": dict(fusion="reference", amp=False, channels_last=False, ckpt_backbone=False,
-                    ckpt_learner=False, resolution="full"),
-    "auto-fusion": dict(fusion="auto", amp=False, channels_last=False, ckpt_backbone=False,
-                        ckpt_learner=False, resolution="full"),
-    "auto+bf16": dict(fusion="auto", amp=True, channels_last=False, ckpt_backbone=False,
-                      ckpt_learner=False, resolution="full"),
-    "fast": dict(fusion="auto", amp=True, channels_last=True, ckpt_backbone=False,
-                 ckpt_learner=False, resolution="full"),
-    "fast+ckpt-backbone": dict(fusion="auto", amp=True, channels_last=True, ckpt_backbone=True,
-                               ckpt_learner=False, resolution="full"),
-    "fast+ckpt-learner": dict(fusion="auto", amp=True, channels_last=True, ckpt_backbone=False,
-                              ckpt_learner=True, resolution="full"),
-    "fast+ckpt": dict(fusion="auto", amp=True, channels_last=True, ckpt_backbone=True,
-                      ckpt_learner=True, resolution="full"),
-    "fast+top": dict(fusion="auto", amp=True, channels_last=True, ckpt_backbone=False,
-                     ckpt_learner=False, resolution="top"),
+    "authors": dict(
+        fusion="reference",
+        amp=False,
+        channels_last=False,
+        ckpt_backbone=False,
+        ckpt_learner=False,
+        resolution="full",
+    ),
+    "auto-fusion": dict(
+        fusion="auto",
+        amp=False,
+        channels_last=False,
+        ckpt_backbone=False,
+        ckpt_learner=False,
+        resolution="full",
+    ),
+    "auto+bf16": dict(
+        fusion="auto",
+        amp=True,
+        channels_last=False,
+        ckpt_backbone=False,
+        ckpt_learner=False,
+        resolution="full",
+    ),
+    "fast": dict(
+        fusion="auto",
+        amp=True,
+        channels_last=True,
+        ckpt_backbone=False,
+        ckpt_learner=False,
+        resolution="full",
+    ),
+    "fast+ckpt-backbone": dict(
+        fusion="auto", amp=True, channels_last=True, ckpt_backbone=True, ckpt_learner=False, resolution="full"
+    ),
+    "fast+ckpt-learner": dict(
+        fusion="auto", amp=True, channels_last=True, ckpt_backbone=False, ckpt_learner=True, resolution="full"
+    ),
+    "fast+ckpt": dict(
+        fusion="auto", amp=True, channels_last=True, ckpt_backbone=True, ckpt_learner=True, resolution="full"
+    ),
+    "fast+top": dict(
+        fusion="auto", amp=True, channels_last=True, ckpt_backbone=False, ckpt_learner=False, resolution="top"
+    ),
 }
 MAIN = ["authors", "fast", "fast+ckpt"]
 ALL = list(CONFIGS)
@@ -213,10 +241,16 @@ def environment(device: str) -> dict[str, str]:
     else:
         env["device"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     try:
-        env["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-            check=False,
-        ).stdout.strip() or "unknown"
+        env["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         env["commit"] = "unknown"
     return env
@@ -275,16 +309,27 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown configs {sorted(only - set(CONFIGS))}; known: {list(CONFIGS)}")
 
     env = environment(device)
-    print(f"# bench_model on {env['device']} (torch {env['torch']}, triton {env['triton']}), "
-          f"preset {preset}, {warmup} warm-up + {steps} timed steps", flush=True)
+    print(
+        f"# bench_model on {env['device']} (torch {env['torch']}, triton {env['triton']}), "
+        f"preset {preset}, {warmup} warm-up + {steps} timed steps",
+        flush=True,
+    )
     rows = []
     for backbone, crop, batch, configs in PRESETS[preset]:
         authors = None
         for name in configs:
             if only and name not in only:
                 continue
-            spec = {"backbone": backbone, "crop": crop, "batch": batch, "config": name,
-                    "device": device, "steps": steps, "warmup": warmup, "threads": args.threads}
+            spec = {
+                "backbone": backbone,
+                "crop": crop,
+                "batch": batch,
+                "config": name,
+                "device": device,
+                "steps": steps,
+                "warmup": warmup,
+                "threads": args.threads,
+            }
             t0 = time.perf_counter()
             res = run_one(spec, args.timeout)
             row = {"model": f"DFF-{backbone}", "crop": crop, "batch": batch, "config": name, **res}
@@ -295,14 +340,19 @@ def main(argv: list[str] | None = None) -> int:
             row["mem_ratio"] = res["peak_gb"] / authors["peak_gb"] if ok and authors else None
             rows.append(row)
             if ok:
-                print(f"{row['model']:>15} {crop:4d}x{crop:<4d} b{batch:<3d} {name:>19}: "
-                      f"{res['step_s'] * 1e3:9.1f} ms/step {res['images_per_s']:8.2f} img/s "
-                      f"peak {res['peak_gb']:7.2f} GB  x{fmt(row['speedup'], '.2f')} speed "
-                      f"x{fmt(row['mem_ratio'], '.2f')} mem  [{res['fusion_backend']}] "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(
+                    f"{row['model']:>15} {crop:4d}x{crop:<4d} b{batch:<3d} {name:>19}: "
+                    f"{res['step_s'] * 1e3:9.1f} ms/step {res['images_per_s']:8.2f} img/s "
+                    f"peak {res['peak_gb']:7.2f} GB  x{fmt(row['speedup'], '.2f')} speed "
+                    f"x{fmt(row['mem_ratio'], '.2f')} mem  [{res['fusion_backend']}] "
+                    f"({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
             else:
-                print(f"{row['model']:>15} {crop:4d}x{crop:<4d} b{batch:<3d} {name:>19}: "
-                      f"{res['status']}", flush=True)
+                print(
+                    f"{row['model']:>15} {crop:4d}x{crop:<4d} b{batch:<3d} {name:>19}: {res['status']}",
+                    flush=True,
+                )
 
     checks = headline(rows) if device == "cuda" else []
     for line in checks:
@@ -320,12 +370,16 @@ def headline(rows: list[dict]) -> list[str]:
             continue
         if r["model"] == "DFF-resnet50" and r["speedup"] is not None:
             ok = r["speedup"] >= 2.5 and r["mem_ratio"] <= 0.5
-            out.append(f"target R50 640 b8 {r['config']}: x{r['speedup']:.2f} images/s (>= 2.5), "
-                       f"x{r['mem_ratio']:.2f} peak memory (<= 0.5): {'PASS' if ok else 'MISS'}")
+            out.append(
+                f"target R50 640 b8 {r['config']}: x{r['speedup']:.2f} images/s (>= 2.5), "
+                f"x{r['mem_ratio']:.2f} peak memory (<= 0.5): {'PASS' if ok else 'MISS'}"
+            )
         if r["model"] == "DFF-resnet101":
             ok = r["peak_gb"] <= 40.0
-            out.append(f"target R101 640 b8 {r['config']}: peak {r['peak_gb']:.1f} GB (<= 40): "
-                       f"{'PASS' if ok else 'MISS'}")
+            out.append(
+                f"target R101 640 b8 {r['config']}: peak {r['peak_gb']:.1f} GB (<= 40): "
+                f"{'PASS' if ok else 'MISS'}"
+            )
     return out
 
 
@@ -333,8 +387,11 @@ def write_record(rows, env, device, preset, steps, warmup, args, checks=()) -> N
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "cpu" if device == "cpu" else re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")
     out = args.out or RESULTS / f"model_{tag}{'_quick' if 'quick' in preset else ''}.md"
-    mem_col = ("peak GB (GPU allocated)" if device == "cuda"
-               else "step memory GB = peak RSS - RSS before 1st step (peak RSS)")
+    mem_col = (
+        "peak GB (GPU allocated)"
+        if device == "cuda"
+        else "step memory GB = peak RSS - RSS before 1st step (peak RSS)"
+    )
     lines = [
         f"# DFF training step: authors-like vs fast ({env['device']})",
         "",
@@ -350,8 +407,10 @@ def write_record(rows, env, device, preset, steps, warmup, args, checks=()) -> N
     ]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['model']} | {r['crop']} | {r['batch']} | {r['config']} | - | "
-                         f"{r['status']} | - | - | - | - |")
+            lines.append(
+                f"| {r['model']} | {r['crop']} | {r['batch']} | {r['config']} | - | "
+                f"{r['status']} | - | - | - | - |"
+            )
             continue
         mem = f"{r['peak_gb']:.3f}"
         if "rss_peak_gb" in r:
@@ -366,8 +425,21 @@ def write_record(rows, env, device, preset, steps, warmup, args, checks=()) -> N
     lines += ["", "Configurations: see the docstring of benchmarks/bench_model.py.", ""]
     out.write_text("\n".join(lines))
     with open(out.with_suffix(".csv"), "w", newline="") as f:
-        keys = ["model", "crop", "batch", "config", "status", "fusion_backend", "step_s",
-                "images_per_s", "peak_gb", "rss_peak_gb", "base_gb", "speedup", "mem_ratio"]
+        keys = [
+            "model",
+            "crop",
+            "batch",
+            "config",
+            "status",
+            "fusion_backend",
+            "step_s",
+            "images_per_s",
+            "peak_gb",
+            "rss_peak_gb",
+            "base_gb",
+            "speedup",
+            "mem_ratio",
+        ]
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         for r in rows:

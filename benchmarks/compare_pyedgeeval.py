@@ -52,8 +52,11 @@ def load_pyedgeeval():
 def peer_counts(pe, prob, gt, thresholds, max_dist, do_thin):
     """(T, 4) counts from pyedgeeval, same column order as dynfuse."""
     cr, sr, cp, sp = pe.counts(
-        thresholds=np.asarray(thresholds), pred=prob.astype(np.float64), gt=gt.astype(np.uint8),
-        max_dist=max_dist, apply_thinning=do_thin,
+        thresholds=np.asarray(thresholds),
+        pred=prob.astype(np.float64),
+        gt=gt.astype(np.uint8),
+        max_dist=max_dist,
+        apply_thinning=do_thin,
     )
     return np.stack([cr, sr, cp, sp], axis=1).astype(np.int64)
 
@@ -83,12 +86,17 @@ def main(argv=None) -> int:
         n_same_bt += np.array_equal(ours, pe.binary_thin(m))
     thin_rows.append(f"| random binary images | {n_thin} | {n_same_bw} | {n_same_bt} |")
 
-    samples = [synthetic_sample(tuple(args.size), args.classes, seed=1000 + i, num_cells=20)
-               for i in range(args.images)]
+    samples = [
+        synthetic_sample(tuple(args.size), args.classes, seed=1000 + i, num_cells=20)
+        for i in range(args.images)
+    ]
     thr = np.linspace(1 / (args.thresholds + 1), 1 - 1 / (args.thresholds + 1), args.thresholds)
     lines = []
-    for proto, max_dist, do_thin in (("raw, 0.0075", 0.0075, False), ("thin, 0.02", 0.02, True),
-                                     ("raw, 0.02", 0.02, False)):
+    for proto, max_dist, do_thin in (
+        ("raw, 0.0075", 0.0075, False),
+        ("thin, 0.02", 0.02, True),
+        ("raw, 0.02", 0.02, False),
+    ):
         settings = EvalSettings(max_dist=max_dist, thresholds=args.thresholds, thin=do_thin)
         ours = np.zeros((args.images, args.classes, thr.size, 4), dtype=np.int64)
         peer = [np.zeros_like(ours), np.zeros_like(ours)]
@@ -122,47 +130,50 @@ def main(argv=None) -> int:
         pe_version = version("pyedgeeval")
     except Exception:  # pragma: no cover
         pe_version = "?"
-    text = "\n".join([
-        "# dynfuse.eval vs pyedgeeval",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-        f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"pyedgeeval {pe_version}",
-        f"- data: {args.images} synthetic images {args.size[0]}x{args.size[1]}, {args.classes} "
-        f"classes (dynfuse.eval.synthetic), {args.thresholds} thresholds; radius-2 GT, thinned "
-        "(with dynfuse) for the thin setting, identical arrays to both",
-        "- command: `.venv/bin/python benchmarks/compare_pyedgeeval.py"
-        + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv)) + "`",
-        "",
-        "## Thinning (identical outputs)",
-        "",
-        "| input | cases | equal to pyedgeeval `bwmorph_thin` | equal to pyedgeeval `binary_thin` |",
-        "|---|---|---|---|",
-        *thin_rows,
-        "",
-        "`bwmorph_thin` is the MATLAB-verified port; pyedgeeval's evaluation uses `binary_thin`,",
-        "which stops as soon as the *first* subiteration deletes nothing, skipping a second",
-        "subiteration that MATLAB still applies, so it can leave extra pixels.",
-        "",
-        "## Scores (%, per class)",
-        "",
-        "| setting | class | ODS ours | ODS peer | dODS | dOIS | dAP | dAP (max-precision) "
-        "| peer run-to-run dODS |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *lines,
-        "",
-        "Our matching is an exact maximum; the peer's assignment solver approximates it, so on",
-        "identical binary maps (raw) its matched counts are never above ours; with thinning the",
-        "maps themselves can differ (`binary_thin`, above). The score columns apply dynfuse's",
-        "formulas to both sets of counts, so they show the matching's effect only. AP is the",
-        "authors' (`collect_eval_bdry.m`: interpolated precision at recall 0:0.01:1, x 0.01);",
-        "pyedgeeval reports that number as `AUC` (over 0:0.01:0.99, leaving out recall 1) and",
-        "calls the max-precision formula (our `ap_max_precision`) `AP` (also without t = 1, still",
-        "divided by 101); its maxF interpolates with 101 steps where MATLAB uses 100.",
-        "`tests/test_eval_pyedgeeval.py` pins each of these on identical counts.",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# dynfuse.eval vs pyedgeeval",
+            "",
+            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+            f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
+            f"pyedgeeval {pe_version}",
+            f"- data: {args.images} synthetic images {args.size[0]}x{args.size[1]}, {args.classes} "
+            f"classes (dynfuse.eval.synthetic), {args.thresholds} thresholds; radius-2 GT, thinned "
+            "(with dynfuse) for the thin setting, identical arrays to both",
+            "- command: `.venv/bin/python benchmarks/compare_pyedgeeval.py"
+            + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
+            + "`",
+            "",
+            "## Thinning (identical outputs)",
+            "",
+            "| input | cases | equal to pyedgeeval `bwmorph_thin` | equal to pyedgeeval `binary_thin` |",
+            "|---|---|---|---|",
+            *thin_rows,
+            "",
+            "`bwmorph_thin` is the MATLAB-verified port; pyedgeeval's evaluation uses `binary_thin`,",
+            "which stops as soon as the *first* subiteration deletes nothing, skipping a second",
+            "subiteration that MATLAB still applies, so it can leave extra pixels.",
+            "",
+            "## Scores (%, per class)",
+            "",
+            "| setting | class | ODS ours | ODS peer | dODS | dOIS | dAP | dAP (max-precision) "
+            "| peer run-to-run dODS |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *lines,
+            "",
+            "Our matching is an exact maximum; the peer's assignment solver approximates it, so on",
+            "identical binary maps (raw) its matched counts are never above ours; with thinning the",
+            "maps themselves can differ (`binary_thin`, above). The score columns apply dynfuse's",
+            "formulas to both sets of counts, so they show the matching's effect only. AP is the",
+            "authors' (`collect_eval_bdry.m`: interpolated precision at recall 0:0.01:1, x 0.01);",
+            "pyedgeeval reports that number as `AUC` (over 0:0.01:0.99, leaving out recall 1) and",
+            "calls the max-precision formula (our `ap_max_precision`) `AP` (also without t = 1, still",
+            "divided by 101); its maxF interpolates with 101 steps where MATLAB uses 100.",
+            "`tests/test_eval_pyedgeeval.py` pins each of these on identical counts.",
+            "",
+        ]
+    )
     atomic_write_text(args.out, text)
     print(text)
     return 0

@@ -107,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         for os_ in (None, 8) if fam.output_stride_8 else (None,):
             rows.append(measure(fam, size, os_, args.repeats))
             r = rows[-1]
-            print(f"{r['family']:<22} {r['model']:<44} strides {r['strides']} {r['params_m']:.1f} M "
-                  f"{r['forward_ms']:.0f} ms", flush=True)
+            print(
+                f"{r['family']:<22} {r['model']:<44} strides {r['strides']} {r['params_m']:.1f} M "
+                f"{r['forward_ms']:.0f} ms",
+                flush=True,
+            )
     lines = [
         "# DFF on timm backbone families (CPU)",
         "",

@@ -104,8 +104,7 @@ def _what_it_is(path: Path, head: bytes, exc: BaseException) -> str:
     if head.startswith(_ZIP_MAGIC):
         if not zipfile.is_zipfile(path):  # no readable central directory: the end is missing
             return (
-                "it is a zip archive that is corrupt, truncated or incomplete (an interrupted "
-                "save or copy?)"
+                "it is a zip archive that is corrupt, truncated or incomplete (an interrupted save or copy?)"
             )
         return "it is a zip archive, but not one written by torch.save"
     if head.startswith(_PICKLE_MAGIC):
@@ -156,8 +155,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") 
         raise CheckpointError(f"cannot read {where}: {_what_it_is(path, head, exc)}") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(
-            f"{where} holds a {type(obj).__name__}, not a dict of weights (a state dict or a "
-            "checkpoint dict)"
+            f"{where} holds a {type(obj).__name__}, not a dict of weights (a state dict or a checkpoint dict)"
         )
     return dict(obj)
 
@@ -168,7 +166,7 @@ def strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
     has it, so a model with a child literally named ``module`` is left alone)."""
     keys = list(state)
     if keys and all(isinstance(k, str) and k.startswith(_DDP_PREFIX) for k in keys):
-        return {k[len(_DDP_PREFIX):]: v for k, v in state.items()}
+        return {k[len(_DDP_PREFIX) :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -197,8 +195,7 @@ def extract_model_state(
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(
-                f"{where} is not a state dict: entry {key!r} holds {type(value).__name__}, "
-                "expected a tensor"
+                f"{where} is not a state dict: entry {key!r} holds {type(value).__name__}, expected a tensor"
             )
         out[key] = value
     return strip_module_prefix(out)

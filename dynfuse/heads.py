@@ -227,9 +227,7 @@ def check_level_sizes(
         h, w = f.shape[-2], f.shape[-1]
         if _fits(h, out_h, s) and _fits(w, out_w, s):
             continue
-        want = "x".join(
-            str(-(-n // s)) if n % s == 0 else f"{n // s}|{-(-n // s)}" for n in (out_h, out_w)
-        )
+        want = "x".join(str(-(-n // s)) if n % s == 0 else f"{n // s}|{-(-n // s)}" for n in (out_h, out_w))
         name = f"feature map {i}" + (" (top)" if i == top else "")
         raise ValueError(
             f"{name} is {h}x{w} but has stride {s}: an output of {out_h}x{out_w} needs {want} "
@@ -321,9 +319,7 @@ class DFFHead(nn.Module):
         self.num_sides = len(in_channels) - 1
         self.feature_indices = tuple(feature_indices) if feature_indices is not None else None
         if self.feature_indices is not None and len(self.feature_indices) != len(in_channels):
-            raise ValueError(
-                f"feature_indices {self.feature_indices} must name {len(in_channels)} levels"
-            )
+            raise ValueError(f"feature_indices {self.feature_indices} must name {len(in_channels)} levels")
         k, n_in = self.num_classes, self.num_sides + 1
         c_top, s_top = in_channels[-1], strides[-1]
         side = functools.partial(SideNormBlock, upsample=opts.upsample, norm_layer=norm_layer)
@@ -344,7 +340,10 @@ class DFFHead(nn.Module):
             self.learner = _LEARNER_CLASSES[opts.learner](k * n_in, k, n_in, **extra)
         # CASENet's fused grouped convolution has a per-class bias; the DFF fusion has none.
         self.fusion = DynamicFusion(
-            activation=opts.activation, backend=opts.fusion_backend, num_classes=k, bias=fixed,
+            activation=opts.activation,
+            backend=opts.fusion_backend,
+            num_classes=k,
+            bias=fixed,
             num_inputs=n_in,
         )
         self.fused_learner = (
@@ -429,8 +428,7 @@ class DFFHead(nn.Module):
                 feats = [feats[i] for i in self.feature_indices]
             except IndexError:
                 raise ValueError(
-                    f"features has {len(feats)} maps; feature_indices {self.feature_indices} "
-                    "do not fit"
+                    f"features has {len(feats)} maps; feature_indices {self.feature_indices} do not fit"
                 ) from None
         if len(feats) != len(self.in_channels):
             raise ValueError(

@@ -62,20 +62,14 @@ def _check_inputs(logits: Any, targets: Any, valid_mask: Any) -> None:
             )
         b, _, h, w = logits.shape
         if valid_mask.shape != (b, h, w):
-            raise ValueError(
-                f"valid_mask: expected shape {(b, h, w)}, got {tuple(valid_mask.shape)}"
-            )
+            raise ValueError(f"valid_mask: expected shape {(b, h, w)}, got {tuple(valid_mask.shape)}")
         if valid_mask.dtype != torch.bool:
             raise TypeError(f"valid_mask: expected dtype torch.bool, got {valid_mask.dtype}")
         if valid_mask.device != logits.device:
-            raise ValueError(
-                f"valid_mask: expected device {logits.device}, got {valid_mask.device}"
-            )
+            raise ValueError(f"valid_mask: expected device {logits.device}, got {valid_mask.device}")
 
 
-def edge_loss_beta(
-    targets: Tensor, valid_mask: Tensor | None = None, *, per_class: bool = False
-) -> Tensor:
+def edge_loss_beta(targets: Tensor, valid_mask: Tensor | None = None, *, per_class: bool = False) -> Tensor:
     """The positive weight beta of each image (float32).
 
     Args:
@@ -138,16 +132,12 @@ def reweighted_edge_loss(
     m = None if valid_mask is None else valid_mask.to(torch.float32)[:, None]  # (B, 1, H, W)
     # BCE-with-logits with pos_weight is exactly (1-y)x + (1+(beta-1)y) softplus(-x), in one
     # fused, stable kernel and without extra (B, K, H, W) temporaries.
-    per_entry = F.binary_cross_entropy_with_logits(
-        x, y, weight=m, pos_weight=pos_weight, reduction="none"
-    )
+    per_entry = F.binary_cross_entropy_with_logits(x, y, weight=m, pos_weight=pos_weight, reduction="none")
     per_image = per_entry.sum(dim=(1, 2, 3))
     if denominator == "all":
         per_image = per_image / float(k * h * w)
     else:
-        n_valid = (
-            torch.full((b,), float(h * w), device=x.device) if m is None else m.sum(dim=(1, 2, 3))
-        )
+        n_valid = torch.full((b,), float(h * w), device=x.device) if m is None else m.sum(dim=(1, 2, 3))
         per_image = torch.where(
             n_valid > 0, per_image / (k * n_valid).clamp_min(1.0), torch.zeros_like(per_image)
         )
@@ -167,9 +157,7 @@ class ReweightedEdgeLoss(nn.Module):
         self.per_class = bool(per_class)
         self.denominator: Denominator = denominator
 
-    def forward(
-        self, logits: Tensor, targets: Tensor, valid_mask: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, valid_mask: Tensor | None = None) -> Tensor:
         return reweighted_edge_loss(
             logits, targets, valid_mask, per_class=self.per_class, denominator=self.denominator
         )
@@ -199,8 +187,7 @@ def dff_loss(
     """
     if not (hasattr(output, "side5") and hasattr(output, "fuse")):
         raise TypeError(
-            "output: expected an object with .side5 and .fuse (e.g. DFFOutput), "
-            f"got {type(output).__name__}"
+            f"output: expected an object with .side5 and .fuse (e.g. DFFOutput), got {type(output).__name__}"
         )
     loss_side5 = reweighted_edge_loss(
         output.side5, targets, valid_mask, per_class=per_class, denominator=denominator

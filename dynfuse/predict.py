@@ -157,10 +157,17 @@ def load_model_for_inference(
         spec = dict(given)
         spec["model_kwargs"] = dict(model_kwargs or {})
         spec["layout"] = "bare"
-    net = create_model(spec["model"], backbone=spec["backbone"], num_classes=spec["num_classes"],
-                       pretrained_backbone=None, **spec["model_kwargs"])
+    net = create_model(
+        spec["model"],
+        backbone=spec["backbone"],
+        num_classes=spec["num_classes"],
+        pretrained_backbone=None,
+        **spec["model_kwargs"],
+    )
     load_state_checked(
-        net, state, what=where,
+        net,
+        state,
+        what=where,
         hint=" (was it trained with another --model, --backbone or number of classes?)",
     )
     net.eval()
@@ -189,8 +196,12 @@ def _load_pretrained_folder(
     net = from_pretrained(folder, **(model_kwargs or {}))
     inp = config.get("input") or {}
     spec = {k: config.get(k) for k in given}
-    spec.update(model_kwargs=dict(model_kwargs or {}), layout="pretrained",
-                mean=tuple(inp.get("mean") or _MEAN), std=tuple(inp.get("std") or _STD))
+    spec.update(
+        model_kwargs=dict(model_kwargs or {}),
+        layout="pretrained",
+        mean=tuple(inp.get("mean") or _MEAN),
+        std=tuple(inp.get("std") or _STD),
+    )
     return net, spec
 
 
@@ -227,8 +238,9 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found.extend(sorted(q for q in p.iterdir()
-                                if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
+            found.extend(
+                sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            )
         elif p.is_file():
             found.append(p)
         else:
@@ -281,8 +293,11 @@ def predict_probabilities(
     s = torch.tensor(std).view(3, 1, 1)
     x = ((x - m) / s)[None].to(device)
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    ctx = (torch.autocast(device_type=device.type, dtype=dtypes[amp]) if amp in dtypes
-           else contextlib.nullcontext())
+    ctx = (
+        torch.autocast(device_type=device.type, dtype=dtypes[amp])
+        if amp in dtypes
+        else contextlib.nullcontext()
+    )
     with ctx:
         out = model(x)
     return torch.sigmoid(out.fuse[0].float()).cpu().numpy()
@@ -315,8 +330,7 @@ def save_probability_maps(probs: np.ndarray, out_dir: str | Path, name: str) -> 
         raise ValueError(f"probs: expected (K, H, W), got shape {probs.shape}")
     q = np.rint(np.clip(probs, 0.0, 1.0) * 65535.0).astype(np.uint16)
     # uint16 2-D arrays become 16-bit greyscale PNGs
-    return [_save_png(Path(out_dir) / f"class_{k + 1:03d}" / f"{name}.png", q[k])
-            for k in range(q.shape[0])]
+    return [_save_png(Path(out_dir) / f"class_{k + 1:03d}" / f"{name}.png", q[k]) for k in range(q.shape[0])]
 
 
 def save_overlay(image: np.ndarray, probs: np.ndarray, out_dir: str | Path, name: str) -> Path:
@@ -346,8 +360,9 @@ def _read_gt(gt_dir: Path, name: str, num_classes: int, size: tuple[int, int]) -
         return None
     gt = read_edge_png(path, num_classes)  # EdgeLabelError (a ValueError) names the file
     if gt.shape[1:] != size:
-        raise ValueError(f"ground truth {str(path)!r} is {gt.shape[1]}x{gt.shape[2]}, its image "
-                         f"{size[0]}x{size[1]}")
+        raise ValueError(
+            f"ground truth {str(path)!r} is {gt.shape[1]}x{gt.shape[2]}, its image {size[0]}x{size[1]}"
+        )
     return gt
 
 
@@ -361,8 +376,9 @@ def _check_gt_dir(gt_dir: Path, images: Sequence[Path], num_classes: int, rows: 
     first = images[:rows]
     if not any(_gt_path(gt_dir, p.stem).is_file() for p in first):
         names = ", ".join(p.stem + ".png" for p in first[:3]) + (", ..." if len(first) > 3 else "")
-        raise ValueError(f"--gt-dir {str(gt_dir)!r} has none of {names} (bit-packed edge PNGs named "
-                         "like the images)")
+        raise ValueError(
+            f"--gt-dir {str(gt_dir)!r} has none of {names} (bit-packed edge PNGs named like the images)"
+        )
     for p in first:
         try:
             with Image.open(p) as im:
@@ -382,8 +398,12 @@ class _ContactSheet:
         self.without_gt: list[str] = []
 
     def settings(self) -> dict[str, Any]:
-        return {"file": CONTACT_SHEET_NAME, "max_rows": self.max_rows, "max_height": self.max_height,
-                "gt_dir": str(self.gt_dir.resolve()) if self.gt_dir is not None else None}
+        return {
+            "file": CONTACT_SHEET_NAME,
+            "max_rows": self.max_rows,
+            "max_height": self.max_height,
+            "gt_dir": str(self.gt_dir.resolve()) if self.gt_dir is not None else None,
+        }
 
     def add(self, name: str, image: np.ndarray, probs: np.ndarray) -> None:
         """Keep this image's tiles while the sheet has room (ValueError: its GT is unusable)."""
@@ -394,18 +414,26 @@ class _ContactSheet:
             gt = _read_gt(self.gt_dir, name, self.num_classes, image.shape[:2])
             if gt is None:
                 self.without_gt.append(name)
-        self.rows.append((name, contact_sheet_row(image, probs, gt, with_gt=self.gt_dir is not None,
-                                                  max_height=self.max_height)))
+        self.rows.append(
+            (
+                name,
+                contact_sheet_row(
+                    image, probs, gt, with_gt=self.gt_dir is not None, max_height=self.max_height
+                ),
+            )
+        )
 
     def write(self, out_dir: Path, producer: dict[str, Any]) -> Path:
         """Write the sheet and record its rows in the producer's settings."""
-        producer["settings"]["contact_sheet"].update(images=[n for n, _ in self.rows],
-                                                     without_gt=list(self.without_gt))
+        producer["settings"]["contact_sheet"].update(
+            images=[n for n, _ in self.rows], without_gt=list(self.without_gt)
+        )
         return write_contact_sheet(self.rows, out_dir, with_gt=self.gt_dir is not None)
 
 
-def _contact_sheet_for(args: argparse.Namespace, images: Sequence[Path],
-                       num_classes: int) -> _ContactSheet | None:
+def _contact_sheet_for(
+    args: argparse.Namespace, images: Sequence[Path], num_classes: int
+) -> _ContactSheet | None:
     """The contact sheet the arguments ask for (None: none), its ground truth checked."""
     if not args.contact_sheet:
         if args.gt_dir is not None:
@@ -421,8 +449,11 @@ def _map_folders(out_dir: Path) -> list[Path]:
     """The folders of ``out_dir`` that hold per-image PNGs (class_XXX and overlay)."""
     if not out_dir.is_dir():
         return []
-    return sorted(p for p in out_dir.iterdir()
-                  if p.is_dir() and (re.fullmatch(r"class_\d{3}", p.name) or p.name == "overlay"))
+    return sorted(
+        p
+        for p in out_dir.iterdir()
+        if p.is_dir() and (re.fullmatch(r"class_\d{3}", p.name) or p.name == "overlay")
+    )
 
 
 def _remove_maps(out_dir: Path, name: str) -> int:
@@ -450,8 +481,11 @@ def _stale_maps(out_dir: Path, names: set[str], num_classes: int) -> int:
     count = 0
     for folder in _map_folders(out_dir):
         extra_class = folder.name != "overlay" and int(folder.name[6:]) > num_classes
-        count += sum(1 for p in folder.glob("*.png")
-                     if not p.name.startswith(".") and (extra_class or p.stem not in names))
+        count += sum(
+            1
+            for p in folder.glob("*.png")
+            if not p.name.startswith(".") and (extra_class or p.stem not in names)
+        )
     return count
 
 
@@ -469,8 +503,13 @@ def _versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"dynfuse": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "pillow": PIL.__version__, "python": platform.python_version()}
+    return {
+        "dynfuse": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+    }
 
 
 # ---------------------------------------------------------------- command line
@@ -478,34 +517,56 @@ def build_parser(prog: str = _PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Save per-class 16-bit edge probability PNGs (class_XXX/<name>.png), "
-                    "class-coloured overlays and a manifest.json of the run for images.",
+        "class-coloured overlays and a manifest.json of the run for images.",
     )
-    p.add_argument("checkpoint",
-                   help="dynfuse checkpoint (final.pt / checkpoint.pt), a save_pretrained folder, "
-                        "the DFF authors' checkpoint, or bare weights")
+    p.add_argument(
+        "checkpoint",
+        help="dynfuse checkpoint (final.pt / checkpoint.pt), a save_pretrained folder, "
+        "the DFF authors' checkpoint, or bare weights",
+    )
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--output-dir", "-o", required=True, help="folder for the maps (created)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
-    p.add_argument("--model", choices=("dff", "casenet"), default=None,
-                   help="for bare weights: the architecture")
+    p.add_argument(
+        "--model", choices=("dff", "casenet"), default=None, help="for bare weights: the architecture"
+    )
     p.add_argument("--backbone", default=None, help="for bare weights: resnet50, resnet101, tiny")
     p.add_argument("--num-classes", type=int, default=None, help="for bare weights")
-    p.add_argument("--skip-unreadable", action="store_true",
-                   help="skip images that cannot be decoded (listed on the console and in "
-                        "manifest.json) instead of stopping at the first one")
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip images that cannot be decoded (listed on the console and in "
+        "manifest.json) instead of stopping at the first one",
+    )
     p.add_argument("--no-overlay", action="store_true", help="only write the probability maps")
-    p.add_argument("--contact-sheet", action="store_true",
-                   help=f"also write {CONTACT_SHEET_NAME}: image | ground truth (with --gt-dir) | "
-                        "prediction, one row per image, for the first --sheet-rows images written")
-    p.add_argument("--sheet-rows", type=_positive_int, default=16, metavar="N",
-                   help="contact sheet: number of images (default: 16)")
-    p.add_argument("--gt-dir", default=None,
-                   help="for the contact sheet: folder of bit-packed edge PNGs (dynfuse-prepare "
-                        "labels) named <image name>.png")
-    p.add_argument("--sheet-height", type=_positive_int, default=256, metavar="PX",
-                   help="contact sheet: largest tile height; larger images shrink by an integer "
-                        "factor, edges by block maxima (default: 256)")
+    p.add_argument(
+        "--contact-sheet",
+        action="store_true",
+        help=f"also write {CONTACT_SHEET_NAME}: image | ground truth (with --gt-dir) | "
+        "prediction, one row per image, for the first --sheet-rows images written",
+    )
+    p.add_argument(
+        "--sheet-rows",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="contact sheet: number of images (default: 16)",
+    )
+    p.add_argument(
+        "--gt-dir",
+        default=None,
+        help="for the contact sheet: folder of bit-packed edge PNGs (dynfuse-prepare "
+        "labels) named <image name>.png",
+    )
+    p.add_argument(
+        "--sheet-height",
+        type=_positive_int,
+        default=256,
+        metavar="PX",
+        help="contact sheet: largest tile height; larger images shrink by an integer "
+        "factor, edges by block maxima (default: 256)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -570,8 +631,9 @@ def _predict_each(
             skipped.append({"name": path.stem, "reason": str(exc)})
             _remove_maps(out_dir, path.stem)  # an earlier run's maps of it would pass for ours
             continue
-        probs = predict_probabilities(model, image, device=device, amp=args.amp,
-                                      mean=spec["mean"], std=spec["std"])
+        probs = predict_probabilities(
+            model, image, device=device, amp=args.amp, mean=spec["mean"], std=spec["std"]
+        )
         try:
             save_probability_maps(probs, out_dir, path.stem)
             if not args.no_overlay:
@@ -598,8 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not images:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.inputs}")
         model, spec = load_model_for_inference(
-            args.checkpoint, model=args.model, backbone=args.backbone,
-            num_classes=args.num_classes)
+            args.checkpoint, model=args.model, backbone=args.backbone, num_classes=args.num_classes
+        )
         num_classes = int(spec["num_classes"])
         sheet = _contact_sheet_for(args, images, num_classes)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -610,10 +672,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tool": _PROG,
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "settings": {
-            "model": spec["model"], "backbone": spec["backbone"], "num_classes": num_classes,
-            "model_kwargs": spec["model_kwargs"], "checkpoint_layout": spec["layout"],
-            "mean": list(spec["mean"]), "std": list(spec["std"]), "amp": args.amp,
-            "device": str(device), "overlay": not args.no_overlay,
+            "model": spec["model"],
+            "backbone": spec["backbone"],
+            "num_classes": num_classes,
+            "model_kwargs": spec["model_kwargs"],
+            "checkpoint_layout": spec["layout"],
+            "mean": list(spec["mean"]),
+            "std": list(spec["std"]),
+            "amp": args.amp,
+            "device": str(device),
+            "overlay": not args.no_overlay,
             "skip_unreadable": args.skip_unreadable,
             "inputs": [str(Path(i).resolve()) for i in args.inputs],
             "contact_sheet": sheet.settings() if sheet is not None else None,
@@ -638,29 +706,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Stop as exc:
         return _error(f"{exc}; stopped ({out_dir / MANIFEST_NAME} marks this run incomplete{exc.hint})")
     if not written:
-        return _error(f"none of the {len(images)} image(s) could be read; nothing written "
-                      f"({out_dir / MANIFEST_NAME} marks this run incomplete)")
+        return _error(
+            f"none of the {len(images)} image(s) could be read; nothing written "
+            f"({out_dir / MANIFEST_NAME} marks this run incomplete)"
+        )
     if sheet is not None:
         try:
             sheet.write(out_dir, producer)
         except OSError as exc:
-            return _error(f"cannot write {str(out_dir / CONTACT_SHEET_NAME)!r}: {exc}; stopped "
-                          f"({out_dir / MANIFEST_NAME} marks this run incomplete)")
+            return _error(
+                f"cannot write {str(out_dir / CONTACT_SHEET_NAME)!r}: {exc}; stopped "
+                f"({out_dir / MANIFEST_NAME} marks this run incomplete)"
+            )
     _sync(out_dir)
-    finish_manifest(out_dir, images=written, num_classes=num_classes, producer=producer,
-                    skipped=skipped)
+    finish_manifest(out_dir, images=written, num_classes=num_classes, producer=producer, skipped=skipped)
     print(f"wrote {num_classes} class maps for {len(written)} image(s) to {out_dir}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s) (listed in {out_dir / MANIFEST_NAME}):")
         for item in skipped:
             print(f"  {item['reason']}")
     if sheet is not None:
-        print(f"wrote {out_dir / CONTACT_SHEET_NAME} ({len(sheet.rows)} image(s))"
-              + (f"; no ground truth for {', '.join(sheet.without_gt)}" if sheet.without_gt else ""))
+        print(
+            f"wrote {out_dir / CONTACT_SHEET_NAME} ({len(sheet.rows)} image(s))"
+            + (f"; no ground truth for {', '.join(sheet.without_gt)}" if sheet.without_gt else "")
+        )
     stale = _stale_maps(out_dir, set(written), num_classes)
     if stale:
-        print(f"note: {out_dir} also holds {stale} map(s) from an earlier run that this run did not "
-              f"write; {MANIFEST_NAME} lists this run's images")
+        print(
+            f"note: {out_dir} also holds {stale} map(s) from an earlier run that this run did not "
+            f"write; {MANIFEST_NAME} lists this run's images"
+        )
     return 0
 
 

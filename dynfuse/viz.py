@@ -64,7 +64,6 @@ CITYSCAPES_PALETTE = np.array(
 )  # fmt: skip
 
 
-
 def _voc_palette(n: int) -> np.ndarray:
     """PASCAL VOC colour map (bit-interleaved label ids); entry i is the colour of VOC id i."""
     pal = np.zeros((n, 3), dtype=np.uint8)
@@ -171,8 +170,9 @@ def colour_edges(probs: np.ndarray, palette: np.ndarray | None = None) -> tuple[
     return _blend_colours(np.clip(probs.astype(np.float32), 0.0, 1.0), palette)
 
 
-def overlay_edges(image: np.ndarray, probs: np.ndarray, *, alpha: float = 0.85,
-                  dim: float = 0.5) -> np.ndarray:
+def overlay_edges(
+    image: np.ndarray, probs: np.ndarray, *, alpha: float = 0.85, dim: float = 0.5
+) -> np.ndarray:
     """The image, dimmed by ``dim``, with class-coloured edges on top (what ``dynfuse-predict``
     writes to ``overlay/``).
 
@@ -238,8 +238,7 @@ def fusion_weight_panels(
     if w.ndim == 4:
         if class_index is None or not 0 <= class_index < w.shape[0]:
             raise ValueError(
-                f"class_index must be in [0, {w.shape[0]}) for (K, S+1, H, W) weights, "
-                f"got {class_index!r}"
+                f"class_index must be in [0, {w.shape[0]}) for (K, S+1, H, W) weights, got {class_index!r}"
             )
         w = w[class_index]
     if w.ndim != 3:
@@ -328,8 +327,13 @@ def plot_pr_curves(
     ax.grid(alpha=0.3)
     s = d["settings"]
     ax.set_title(title or f"MF-ODS {100 * d['mf_ods']:.1f}  mean AP {100 * d['mean_ap']:.1f}")
-    fig.text(0.01, 0.01, f"max_dist={s['max_dist']} thin={s['thin']} thin_gt={s['thin_gt']} "
-             f"margin={s['margin']} instance_sensitive={s['instance_sensitive']}", fontsize=7)
+    fig.text(
+        0.01,
+        0.01,
+        f"max_dist={s['max_dist']} thin={s['thin']} thin_gt={s['thin_gt']} "
+        f"margin={s['margin']} instance_sensitive={s['instance_sensitive']}",
+        fontsize=7,
+    )
     ax.legend(fontsize=6, loc="lower left", ncol=2)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -419,8 +423,10 @@ def _as_display_image(image) -> np.ndarray:
         return img.astype(np.float32) / 255.0
     img = img.astype(np.float32)
     if img.min() < 0 or img.max() > 1:
-        raise ValueError("a float image must lie in [0, 1] (un-normalise it first), "
-                         f"got values in [{img.min():.3g}, {img.max():.3g}]")
+        raise ValueError(
+            "a float image must lie in [0, 1] (un-normalise it first), "
+            f"got values in [{img.min():.3g}, {img.max():.3g}]"
+        )
     return img
 
 
@@ -536,8 +542,9 @@ def _edge_panel(edges, image: np.ndarray | None, class_index: int | None) -> np.
     return e
 
 
-def _draw_inputs(fig, cells, image: np.ndarray | None, edges: np.ndarray | None,
-                 class_label: str | None) -> None:
+def _draw_inputs(
+    fig, cells, image: np.ndarray | None, edges: np.ndarray | None, class_label: str | None
+) -> None:
     """The image (and under it the class's edge probabilities) in the figure's first column."""
     if image is None:
         return
@@ -549,14 +556,18 @@ def _draw_inputs(fig, cells, image: np.ndarray | None, edges: np.ndarray | None,
     if edges is not None:
         ax = fig.add_subplot(bottom)
         ax.imshow(edges, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"'{class_label}' edge probability" if class_label else "edge probability",
-                     fontsize=9)
+        ax.set_title(f"'{class_label}' edge probability" if class_label else "edge probability", fontsize=9)
         ax.set_axis_off()
 
 
-def _plot_adaptive(panels: np.ndarray, shown: tuple[np.ndarray | None, np.ndarray | None],
-                   class_label: str | None, value_label: str, title: str | None,
-                   panel_inches: float) -> Figure:
+def _plot_adaptive(
+    panels: np.ndarray,
+    shown: tuple[np.ndarray | None, np.ndarray | None],
+    class_label: str | None,
+    value_label: str,
+    title: str | None,
+    panel_inches: float,
+) -> Figure:
     image, edges = shown
     n, h, wd = panels.shape
     names = fusion_input_names(n)
@@ -573,28 +584,47 @@ def _plot_adaptive(panels: np.ndarray, shown: tuple[np.ndarray | None, np.ndarra
     top, bottom = [], []  # the panels' images; one colour bar per row (all share its scale)
     for j in range(n):
         ax = fig.add_subplot(grid[0, first + j])
-        top.append(ax.imshow(panels[j], cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-6,
-                             interpolation="nearest"))
+        top.append(
+            ax.imshow(
+                panels[j], cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-6, interpolation="nearest"
+            )
+        )
         what = f"{names[j]} ({class_label})" if j == 0 and class_label else names[j]
         ax.set_title(f"{what}\nmean {means[j]:.3g}, sd {panels[j].std():.2g}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         ax2 = fig.add_subplot(grid[1, first + j])
-        bottom.append(ax2.imshow(dev[j], cmap="RdBu_r", vmin=-spread if spread > 0 else -1e-6,
-                                 vmax=spread if spread > 0 else 1e-6, interpolation="nearest"))
+        bottom.append(
+            ax2.imshow(
+                dev[j],
+                cmap="RdBu_r",
+                vmin=-spread if spread > 0 else -1e-6,
+                vmax=spread if spread > 0 else 1e-6,
+                interpolation="nearest",
+            )
+        )
         ax2.set_xticks([])
         ax2.set_yticks([])
         ax2.set_xlabel(f"{names[j]} - its mean", fontsize=8)
     fig.colorbar(top[0], cax=fig.add_subplot(grid[0, cols]), label=value_label)
     fig.colorbar(bottom[0], cax=fig.add_subplot(grid[1, cols]), label="weight - panel mean")
-    fig.suptitle(title or ("Location-adaptive fusion weights"
-                           + (f" for '{class_label}'" if class_label else "")), fontsize=11)
+    fig.suptitle(
+        title or ("Location-adaptive fusion weights" + (f" for '{class_label}'" if class_label else "")),
+        fontsize=11,
+    )
     return fig
 
 
-def _plot_matrix(matrix: np.ndarray, shown: tuple[np.ndarray | None, np.ndarray | None],
-                 class_index: int | None, class_label: str | None, k: int | None, value_label: str,
-                 title: str | None, panel_inches: float) -> Figure:
+def _plot_matrix(
+    matrix: np.ndarray,
+    shown: tuple[np.ndarray | None, np.ndarray | None],
+    class_index: int | None,
+    class_label: str | None,
+    k: int | None,
+    value_label: str,
+    title: str | None,
+    panel_inches: float,
+) -> Figure:
     image, edges = shown
     rows, n = matrix.shape
     names = fusion_input_names(n)
@@ -618,8 +648,15 @@ def _plot_matrix(matrix: np.ndarray, shown: tuple[np.ndarray | None, np.ndarray 
         mid = (float(matrix.min()) + float(matrix.max())) / 2
         for r in range(rows):
             for c in range(n):
-                ax.text(c, r, f"{matrix[r, c]:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if matrix[r, c] > mid else "white")
+                ax.text(
+                    c,
+                    r,
+                    f"{matrix[r, c]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if matrix[r, c] > mid else "white",
+                )
     if class_index is not None and rows > 1:
         from matplotlib.patches import Rectangle
 
@@ -654,8 +691,9 @@ def _metrics_path(run_dir: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise MetricsFileError(f"no metrics file {str(path)!r} (a dynfuse-train run folder holds "
-                               "metrics.jsonl)")
+        raise MetricsFileError(
+            f"no metrics file {str(path)!r} (a dynfuse-train run folder holds metrics.jsonl)"
+        )
     return path
 
 
@@ -676,8 +714,9 @@ def _parse_records(path: Path) -> list[dict[str, Any]]:
                 continue
             raise MetricsFileError(f"{path}, line {i}: not a JSON record ({exc.msg})") from exc
         if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str):
-            raise MetricsFileError(f"{path}, line {i}: expected a JSON object with a 'kind' field, "
-                                   f"got {line.strip()[:60]!r}")
+            raise MetricsFileError(
+                f"{path}, line {i}: expected a JSON object with a 'kind' field, got {line.strip()[:60]!r}"
+            )
         records.append(rec)
     return records
 
@@ -719,8 +758,9 @@ def load_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
             last_iteration = it
         kept.append(rec)
     if not kept:
-        raise MetricsFileError(f"{path} holds no training records (kinds {', '.join(METRIC_KINDS)} "
-                               "with an 'epoch')")
+        raise MetricsFileError(
+            f"{path} holds no training records (kinds {', '.join(METRIC_KINDS)} with an 'epoch')"
+        )
     return {kind: [r for r in kept if r["kind"] == kind] for kind in METRIC_KINDS}
 
 
@@ -765,8 +805,9 @@ def _train_position(metrics: dict[str, list[dict[str, Any]]]):
     return spread
 
 
-def plot_metrics(run_dir: str | os.PathLike, path: str | os.PathLike | None = None, *,
-                 title: str | None = None) -> Figure:
+def plot_metrics(
+    run_dir: str | os.PathLike, path: str | os.PathLike | None = None, *, title: str | None = None
+) -> Figure:
     """Training curves of a ``dynfuse-train`` run from its ``metrics.jsonl`` (needs matplotlib).
 
     Three panels against the epoch: the loss (train loss between log points, its mean per epoch,
@@ -786,17 +827,30 @@ def plot_metrics(run_dir: str | os.PathLike, path: str | os.PathLike | None = No
     fig = _new_figure("plot_metrics", (13.0, 3.8))
     ax_loss, ax_score, ax_speed = fig.subplots(1, 3)
     at = _train_position(metrics)
-    _draw(ax_loss, [(metrics["train"], "loss", at, "train (between log points)", dict(lw=0.8, alpha=0.5)),
-                    (metrics["epoch"], "loss", None, "train (epoch mean)", dict(marker="o", ms=3)),
-                    (metrics["val"], "loss", None, "validation", dict(marker="s", ms=3))],
-          "loss", "no loss recorded")
-    scores = [(metrics["val"], key, None, label, dict(marker="o", ms=3, scale=100.0))
-              for key, label in METRIC_SCORES]
+    _draw(
+        ax_loss,
+        [
+            (metrics["train"], "loss", at, "train (between log points)", dict(lw=0.8, alpha=0.5)),
+            (metrics["epoch"], "loss", None, "train (epoch mean)", dict(marker="o", ms=3)),
+            (metrics["val"], "loss", None, "validation", dict(marker="s", ms=3)),
+        ],
+        "loss",
+        "no loss recorded",
+    )
+    scores = [
+        (metrics["val"], key, None, label, dict(marker="o", ms=3, scale=100.0))
+        for key, label in METRIC_SCORES
+    ]
     _draw(ax_score, scores, "validation score (%)", "no validation scores recorded")
-    _draw(ax_speed, [(metrics["train"], "images_per_s", at, "between log points", dict(lw=0.8, alpha=0.5)),
-                     (metrics["epoch"], "images_per_s", None, "per epoch (start-up included)",
-                      dict(marker="o", ms=3))],
-          "images / s", "no throughput recorded")
+    _draw(
+        ax_speed,
+        [
+            (metrics["train"], "images_per_s", at, "between log points", dict(lw=0.8, alpha=0.5)),
+            (metrics["epoch"], "images_per_s", None, "per epoch (start-up included)", dict(marker="o", ms=3)),
+        ],
+        "images / s",
+        "no throughput recorded",
+    )
     source = _metrics_path(run_dir)
     fig.suptitle(title or f"training curves: {source.parent.name}", fontsize=11)
     if path is not None:
@@ -877,8 +931,11 @@ def contact_sheet_row(
     small = image if factor == 1 else np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
     tiles: list[np.ndarray | None] = [small]
     if with_gt:
-        tiles.append(None if gt is None else colorize_edges(_max_pool(gt.astype(bool), factor),
-                                                            palette_for(gt.shape[0])))
+        tiles.append(
+            None
+            if gt is None
+            else colorize_edges(_max_pool(gt.astype(bool), factor), palette_for(gt.shape[0]))
+        )
     tiles.append(pred)
     return tiles
 
@@ -926,8 +983,14 @@ def contact_sheet(
     heights = [max(t.shape[0] for t in tiles if t is not None) for _, tiles in rows]
     # a missing tile takes the size of its row's widest one
     row_widths = [max(t.shape[1] for t in tiles if t is not None) for _, tiles in rows]
-    widths = [max(t.shape[1] if t is not None else rw for (_, tiles), rw in zip(rows, row_widths, strict=True)
-                  for t in [tiles[c]]) for c in range(n)]
+    widths = [
+        max(
+            t.shape[1] if t is not None else rw
+            for (_, tiles), rw in zip(rows, row_widths, strict=True)
+            for t in [tiles[c]]
+        )
+        for c in range(n)
+    ]
     line = font_size + 6
     total_w = sum(widths) + gap * (n + 1)
     total_h = line + sum(h + line + gap for h in heights) + gap

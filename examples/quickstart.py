@@ -24,12 +24,14 @@ def small_backbone() -> tuple[nn.Module, list[tuple[int, int]]]:
     class Backbone(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.levels = nn.ModuleList([
-                nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()),
-                nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU()),
-                nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU()),
-                nn.Sequential(nn.Conv2d(64, 128, 3, stride=2, padding=2, dilation=2), nn.ReLU()),
-            ])
+            self.levels = nn.ModuleList(
+                [
+                    nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()),
+                    nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU()),
+                    nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU()),
+                    nn.Sequential(nn.Conv2d(64, 128, 3, stride=2, padding=2, dilation=2), nn.ReLU()),
+                ]
+            )
 
         def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
             feats = []
@@ -43,8 +45,11 @@ def small_backbone() -> tuple[nn.Module, list[tuple[int, int]]]:
 
 def time_backends(k: int, size: tuple[int, int], device: torch.device, repeats: int = 3) -> None:
     b, s, (h, w) = 2, 3, size
-    args = [torch.randn(b, k, h, w, device=device), torch.randn(b, s, h, w, device=device),
-            torch.randn(b, k, s + 1, h, w, device=device)]
+    args = [
+        torch.randn(b, k, h, w, device=device),
+        torch.randn(b, s, h, w, device=device),
+        torch.randn(b, k, s + 1, h, w, device=device),
+    ]
     fns = {"authors": lambda a, c, wt: authors_fuse(a, c, wt)}
     for backend in ("reference", "torch", "auto"):
         fns[backend] = lambda a, c, wt, be=backend: dynamic_fuse(a, c, wt, backend=be)
@@ -76,8 +81,10 @@ def main() -> None:
         model = nn.ModuleDict({"backbone": backbone, "head": head}).to(device)
         out = model["head"](model["backbone"](images), output_size=size)
         (out.side5.mean() + out.fuse.mean()).backward()
-        print(f"learner={learner:>9}: side5 {tuple(out.side5.shape)}  fuse {tuple(out.fuse.shape)}  "
-              f"weights {tuple(out.weights.shape)}")
+        print(
+            f"learner={learner:>9}: side5 {tuple(out.side5.shape)}  fuse {tuple(out.fuse.shape)}  "
+            f"weights {tuple(out.weights.shape)}"
+        )
     time_backends(args.classes, size, device)
 
 

@@ -181,11 +181,11 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Step], dict[str, Path]]:
     steps: list[Step] = []
     if not args.skip_prepare:
         argv = [args.dataset, str(args.root), str(data), *workers]
-        steps.append(Step("prepare training labels", ["dynfuse-prepare", *argv],
-                          _in_process(prepare_main, argv)))
+        steps.append(
+            Step("prepare training labels", ["dynfuse-prepare", *argv], _in_process(prepare_main, argv))
+        )
     argv = [args.dataset, str(args.root), str(data), "--eval-gt", *workers]
-    steps.append(Step("prepare evaluation GT", ["dynfuse-prepare", *argv],
-                      _in_process(prepare_main, argv)))
+    steps.append(Step("prepare evaluation GT", ["dynfuse-prepare", *argv], _in_process(prepare_main, argv)))
     checkpoint = args.checkpoint
     if checkpoint is None:
         shown, cmd = train_command(args, data, train_dir)
@@ -197,10 +197,11 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Step], dict[str, Path]]:
         return predict_main([checkpoint, *dirs, *predict_flags])
 
     predict_flags = ["-o", str(pred), "--no-overlay", "--device", args.device, "--no-progress"]
-    shown_dirs = [str(p) + ("/" if args.dataset == "cityscapes" else "")
-                  for p in _val_image_dirs(data, args.dataset, True)]
-    steps.append(Step("predict val", ["dynfuse-predict", checkpoint, *shown_dirs, *predict_flags],
-                      predict))
+    shown_dirs = [
+        str(p) + ("/" if args.dataset == "cityscapes" else "")
+        for p in _val_image_dirs(data, args.dataset, True)
+    ]
+    steps.append(Step("predict val", ["dynfuse-predict", checkpoint, *shown_dirs, *predict_flags], predict))
     summaries: dict[str, Path] = {}
     for protocol in args.protocol:
         out = work / "eval" / protocol
@@ -244,12 +245,14 @@ def format_table(dataset: str, backbone: str, crop: int, protocol: str, summary:
         return f"{label:<{label_w}}{cells}{mean:>{width + 1}.1f}"
 
     ours = [100 * c["ods"] for c in classes]
-    return "\n".join([
-        f"MF-ODS (%) on {dataset} val ({summary.get('num_images', '?')} images), protocol {protocol}",
-        f"{'method':<{label_w}}" + "".join(f"{c:>{width}}" for c in columns) + f"{'mean':>{width + 1}}",
-        row(*paper),
-        row(ours_label, ours, 100 * summary["mf_ods"]),
-    ])
+    return "\n".join(
+        [
+            f"MF-ODS (%) on {dataset} val ({summary.get('num_images', '?')} images), protocol {protocol}",
+            f"{'method':<{label_w}}" + "".join(f"{c:>{width}}" for c in columns) + f"{'mean':>{width + 1}}",
+            row(*paper),
+            row(ours_label, ours, 100 * summary["mf_ods"]),
+        ]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,14 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="resnet50", help="resnet50 (paper), resnet101 or tiny")
     p.add_argument("--pretrained-backbone", default=None, help="ImageNet weights file for the backbone")
     p.add_argument("--checkpoint", default=None, help="score this checkpoint instead of training")
-    p.add_argument("--protocol", action="append", default=None,
-                   help="evaluation protocol, repeatable (default: dff-<dataset>-thin)")
+    p.add_argument(
+        "--protocol",
+        action="append",
+        default=None,
+        help="evaluation protocol, repeatable (default: dff-<dataset>-thin)",
+    )
     p.add_argument("--workers", type=int, default=8, help="CPU processes for prepare and eval")
     p.add_argument("--device", default="auto", help="prediction device")
     p.add_argument("--train-args", default="", help="extra dynfuse-train flags (one quoted string)")
     p.add_argument("--eval-args", default="", help="extra dynfuse-eval flags (one quoted string)")
-    p.add_argument("--skip-prepare", action="store_true",
-                   help="the training labels are already in WORK/data (the evaluation GT is still made)")
+    p.add_argument(
+        "--skip-prepare",
+        action="store_true",
+        help="the training labels are already in WORK/data (the evaluation GT is still made)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return p
 
@@ -309,8 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = step.run()
             print(f"=== {step.name}: exit status {rc} after {time.monotonic() - start:.0f} s", flush=True)
             if rc != 0:
-                raise RecipeError(f"stage '{step.name}' failed with exit status {rc}; fix it and "
-                                  "rerun (finished work is kept and skipped)")
+                raise RecipeError(
+                    f"stage '{step.name}' failed with exit status {rc}; fix it and "
+                    "rerun (finished work is kept and skipped)"
+                )
         tables = []
         crop = _train_crop(args)
         for protocol, path in summaries.items():

@@ -67,8 +67,7 @@ def _slice_of(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([t, torch.zeros_like(t)], dim=dim).narrow(dim, 0, t.shape[dim])
 
 
-def make_inputs(b, k, s, h, w, form, *, dtype=torch.float32, layout="contiguous", device="cpu",
-                seed=0):
+def make_inputs(b, k, s, h, w, form, *, dtype=torch.float32, layout="contiguous", device="cpu", seed=0):
     """(side5 (B, K, H, W), sides (B, S, H, W), weights of ``form``) in ``dtype`` on ``device``.
 
     Values are float64 ``randn + 0.5`` (offset from 0 so that a dropped term shows) rounded to
@@ -79,8 +78,7 @@ def make_inputs(b, k, s, h, w, form, *, dtype=torch.float32, layout="contiguous"
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) + 0.5).to(device=device,
-                                                                               dtype=dtype)
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) + 0.5).to(device=device, dtype=dtype)
 
     side5, sides, weights = rnd(b, k, h, w), rnd(b, s, h, w), rnd(*WEIGHT_SHAPES[form](b, k, s, h, w))
     if layout == "sliced":

@@ -73,8 +73,9 @@ def test_torchvision_key_generator_matches_torchvision():
     assert {k: tuple(v.shape) for k, v in sd.items()} == torchvision_resnet_keys((3, 4, 6, 3))
 
 
-@pytest.mark.parametrize("builder,layers", [(dilated_resnet50, (3, 4, 6, 3)),
-                                            (dilated_resnet101, (3, 4, 23, 3))])
+@pytest.mark.parametrize(
+    "builder,layers", [(dilated_resnet50, (3, 4, 6, 3)), (dilated_resnet101, (3, 4, 23, 3))]
+)
 def test_parameter_names_are_torchvision(builder, layers):
     ours = {k: tuple(v.shape) for k, v in builder().state_dict().items()}
     theirs = torchvision_resnet_keys(layers)
@@ -110,10 +111,15 @@ def test_torchvision_mismatch_lists_everything():
     with pytest.raises(CheckpointMismatchError) as err:
         load_torchvision_weights(dilated_resnet50(), state)
     msg = str(err.value)
-    for needle in ("missing keys (2)", "layer2.0.conv1.weight", "layer3.1.bn2.running_var",
-                   "unexpected keys (1)", "extra.weight", "shape mismatches (1)",
-                   "layer1.0.conv2.weight: torchvision ResNet weights has (64, 64, 5, 5), "
-                   "model expects (64, 64, 3, 3)"):
+    for needle in (
+        "missing keys (2)",
+        "layer2.0.conv1.weight",
+        "layer3.1.bn2.running_var",
+        "unexpected keys (1)",
+        "extra.weight",
+        "shape mismatches (1)",
+        "layer1.0.conv2.weight: torchvision ResNet weights has (64, 64, 5, 5), model expects (64, 64, 3, 3)",
+    ):
         assert needle in msg
     # A ResNet-101 file does not fit a ResNet-50 backbone.
     with pytest.raises(CheckpointMismatchError, match="unexpected keys"):
@@ -140,8 +146,7 @@ def test_topology_matches_the_authors():
     m = dilated_resnet50()
     assert m.conv1.stride == (1, 1) and m.conv1.kernel_size == (7, 7)
     assert m.maxpool.stride == 2
-    for stage, stride, dil in ((m.layer1, 1, 2), (m.layer2, 2, 2), (m.layer3, 2, 2),
-                               (m.layer4, 1, 4)):
+    for stage, stride, dil in ((m.layer1, 1, 2), (m.layer2, 2, 2), (m.layer3, 2, 2), (m.layer4, 1, 4)):
         for j, blk in enumerate(stage):
             assert blk.conv2.dilation == (dil, dil) and blk.conv2.padding == (dil, dil)
             assert blk.conv2.stride == ((stride, stride) if j == 0 else (1, 1))
@@ -166,8 +171,12 @@ def test_resnet50_shapes_small_input():
     m = dilated_resnet50().eval()
     with torch.no_grad():
         feats = m(torch.randn(1, 3, 19, 26))
-    assert [tuple(f.shape) for f in feats] == [(1, 64, 19, 26), (1, 256, 10, 13),
-                                               (1, 512, 5, 7), (1, 2048, 3, 4)]
+    assert [tuple(f.shape) for f in feats] == [
+        (1, 64, 19, 26),
+        (1, 256, 10, 13),
+        (1, 512, 5, 7),
+        (1, 2048, 3, 4),
+    ]
 
 
 def test_tiny_is_small_and_configurable():
@@ -227,8 +236,10 @@ def test_bad_input_raises():
 def test_feature_info_helpers_and_errors():
     info = FeatureInfo.from_lists([8, 16], [2, 4], ["a", "b"])
     assert info.channels() == [8, 16] and info.reduction(1) == 4 and info.module_name(0) == "a"
-    assert info.get_dicts() == [{"num_chs": 8, "reduction": 2, "module": "a"},
-                                {"num_chs": 16, "reduction": 4, "module": "b"}]
+    assert info.get_dicts() == [
+        {"num_chs": 8, "reduction": 2, "module": "a"},
+        {"num_chs": 16, "reduction": 4, "module": "b"},
+    ]
     with pytest.raises(ValueError, match="same length"):
         FeatureInfo.from_lists([8], [2, 4])
     with pytest.raises(ValueError, match="positive int"):
@@ -242,8 +253,7 @@ class _Pyramid(nn.Module):
         super().__init__()
         chans = [3, 8, 12, 16, 20, 24]
         self.convs = nn.ModuleList(
-            nn.Conv2d(a, b, 3, stride=2, padding=1)
-            for a, b in zip(chans[:-1], chans[1:], strict=True)
+            nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:], strict=True)
         )
 
     def forward(self, x):
@@ -277,7 +287,6 @@ def test_timm_backbone():
     assert bb.feature_info.channels() == [64, 64, 128, 512]
     assert bb.feature_info.reduction() == [2, 4, 8, 32]
     feats = bb(torch.randn(1, 3, 64, 64))
-    assert [tuple(f.shape[1:]) for f in feats] == [(64, 32, 32), (64, 16, 16), (128, 8, 8),
-                                                   (512, 2, 2)]
+    assert [tuple(f.shape[1:]) for f in feats] == [(64, 32, 32), (64, 16, 16), (128, 8, 8), (512, 2, 2)]
     explicit = TimmBackbone("resnet18", out_indices=(1, 2, 3))
     assert explicit.feature_info.reduction() == [4, 8, 16]

@@ -25,8 +25,17 @@ from dynfuse.checkpoints import (
 )
 
 # torch's own words for these files; none may reach the user.
-TORCH_INTERNALS = ("KeyError", "EOFError", "101", "Weights only load failed", "PytorchStreamReader",
-                   "central directory", "add_safe_globals", "UnpicklingError", "Traceback")
+TORCH_INTERNALS = (
+    "KeyError",
+    "EOFError",
+    "101",
+    "Weights only load failed",
+    "PytorchStreamReader",
+    "central directory",
+    "add_safe_globals",
+    "UnpicklingError",
+    "Traceback",
+)
 
 
 def _torch_file(path, obj=None):
@@ -152,8 +161,14 @@ def test_load_state_checked_lists_every_problem_and_copies_nothing():
         load_state_checked(dst, state, what="my file", hint=" (hint)")
     msg = str(err.value)
     assert msg.startswith("my file does not fit Net (hint):")
-    for needle in ("missing keys (1)", "bn.running_var", "unexpected keys (1)", "extra",
-                   "shape mismatches (1)", "conv.bias: my file has (5,), model expects (3,)"):
+    for needle in (
+        "missing keys (1)",
+        "bn.running_var",
+        "unexpected keys (1)",
+        "extra",
+        "shape mismatches (1)",
+        "conv.bias: my file has (5,), model expects (3,)",
+    ):
         assert needle in msg
     assert isinstance(err.value, CheckpointError)
     assert torch.equal(dst.conv.weight, before)  # nothing copied
@@ -168,8 +183,9 @@ def test_load_state_checked_tolerates_old_files_and_casts():
     assert report.missing_optional == ["bn.num_batches_tracked"]
     assert dst.conv.weight.dtype == torch.float32
     torch.testing.assert_close(dst.conv.weight, src.conv.weight, rtol=0, atol=0)
-    report = load_state_checked(dst, {**src.state_dict(), "fc.w": torch.ones(1)},
-                                ignore=lambda k: k.startswith("fc."))
+    report = load_state_checked(
+        dst, {**src.state_dict(), "fc.w": torch.ones(1)}, ignore=lambda k: k.startswith("fc.")
+    )
     assert report.ignored == ["fc.w"]
 
 
@@ -211,10 +227,36 @@ def _via_load_official_dff(path, tmp_path, capsys):
 def _via_train_resume(path, tmp_path, capsys):
     from dynfuse.training.cli import main
 
-    rc = main(["--dataset", "synthetic", "--backbone", "tiny", "--num-classes", "2",
-               "--train-length", "2", "--val-length", "1", "--crop-size", "16", "--batch-size", "2",
-               "--epochs", "1", "--workers", "0", "--device", "cpu", "--no-tensorboard",
-               "--no-progress", "--output-dir", str(tmp_path / "run"), "--resume", str(path)])
+    rc = main(
+        [
+            "--dataset",
+            "synthetic",
+            "--backbone",
+            "tiny",
+            "--num-classes",
+            "2",
+            "--train-length",
+            "2",
+            "--val-length",
+            "1",
+            "--crop-size",
+            "16",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-tensorboard",
+            "--no-progress",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--resume",
+            str(path),
+        ]
+    )
     return rc, capsys.readouterr().err
 
 
@@ -279,10 +321,13 @@ def test_describe_official_state_dict(model, depth):
 
     keys = authors_keys(model, 7, R50 if depth == "resnet50" else R101)
     # only the names and side5's class count matter: stand-in tensors keep this fast
-    state = {k: torch.zeros(shape) if k == "side5.0.weight" else torch.empty(0)
-             for k, shape in keys.items()}
+    state = {k: torch.zeros(shape) if k == "side5.0.weight" else torch.empty(0) for k, shape in keys.items()}
     assert describe_official_state_dict(state) == {"model": model, "backbone": depth, "num_classes": 7}
     ours = create_model(model, backbone="tiny", num_classes=3).state_dict()
     assert describe_official_state_dict(ours) is None
-    assert describe_official_state_dict({k: v for k, v in state.items()
-                                         if not k.startswith(("ada_learner.", "fuse."))}) is None
+    assert (
+        describe_official_state_dict(
+            {k: v for k, v in state.items() if not k.startswith(("ada_learner.", "fuse."))}
+        )
+        is None
+    )

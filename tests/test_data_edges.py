@@ -35,8 +35,7 @@ def brute_force_edges(labels, num_classes, radius, ignored=None, instances=None)
         for x in range(w):
             neigh = [(y + dy, x + dx) for dy, dx in disc if 0 <= y + dy < h and 0 <= x + dx < w]
             candidate = any(
-                ident(qy, qx) != ident(y, x) and not ignored[y, x] and not ignored[qy, qx]
-                for qy, qx in neigh
+                ident(qy, qx) != ident(y, x) and not ignored[y, x] and not ignored[qy, qx] for qy, qx in neigh
             )
             if not candidate:
                 continue
@@ -211,7 +210,5 @@ def test_large_map_is_vectorised():
     assert e.shape == (19, 1024, 2048)
     # Spot-check a window against the brute force (the window's own border differs, so crop).
     win = (slice(100, 130), slice(200, 236))
-    sub = brute_force_edges(
-        labels[win], 19, 2, labels[win] == -1, instances[win]
-    )
+    sub = brute_force_edges(labels[win], 19, 2, labels[win] == -1, instances[win])
     np.testing.assert_array_equal(e[:, 103:127, 203:233], sub[:, 3:27, 3:33])

@@ -115,10 +115,14 @@ def _sbd_mats(root, name="2008_000001"):
     inst_bound[1, 0] = scipy.sparse.csc_matrix(bar)
     (root / "cls").mkdir(parents=True, exist_ok=True)
     (root / "inst").mkdir(exist_ok=True)
-    scipy.io.savemat(root / "cls" / f"{name}.mat", {"GTcls": {
-        "Segmentation": cls, "Boundaries": cls_bound, "CategoriesPresent": np.array([[1]])}})
-    scipy.io.savemat(root / "inst" / f"{name}.mat", {"GTinst": {
-        "Segmentation": inst, "Boundaries": inst_bound, "Categories": categories}})
+    scipy.io.savemat(
+        root / "cls" / f"{name}.mat",
+        {"GTcls": {"Segmentation": cls, "Boundaries": cls_bound, "CategoriesPresent": np.array([[1]])}},
+    )
+    scipy.io.savemat(
+        root / "inst" / f"{name}.mat",
+        {"GTinst": {"Segmentation": inst, "Boundaries": inst_bound, "Categories": categories}},
+    )
     return cls, inst, categories, band, ell, bar
 
 
@@ -254,8 +258,16 @@ def test_sbd_single_instance_mat_is_read(tmp_path):
     cls, inst, _, band, ell, _ = _sbd_mats(root, "2008_000009")
     one = np.empty((1, 1), dtype=object)
     one[0, 0] = scipy.sparse.csc_matrix(ell)
-    scipy.io.savemat(root / "inst" / "2008_000009.mat", {"GTinst": {
-        "Segmentation": (inst == 1).astype(np.uint8), "Boundaries": one, "Categories": np.array([[7]])}})
+    scipy.io.savemat(
+        root / "inst" / "2008_000009.mat",
+        {
+            "GTinst": {
+                "Segmentation": (inst == 1).astype(np.uint8),
+                "Boundaries": one,
+                "Categories": np.array([[7]]),
+            }
+        },
+    )
     (root / "val.txt").write_text("2008_000009\n")
     assert main(["sbd", str(root), str(out), "--eval-gt", "--quiet", "--workers", "1"]) == 0
     got = read_edge_png(eval_gt_dir(out, "gt_orig_thin", "inst", "val") / "2008_000009.png", 20)

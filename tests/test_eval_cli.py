@@ -62,10 +62,27 @@ def test_bit_layout_agrees_with_dynfuse_data():
 def test_cli_runs_resumes_and_matches_in_memory(tmp_path, capsys):
     data = _make_folder(tmp_path)
     out = tmp_path / "out"
-    argv = ["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"),
-            "--num-classes", str(K), "--protocol", "cityscapes-thin", "--max-dist", "0.02",
-            "--thresholds", "19", "--workers", "0", "--out", str(out), "--no-progress",
-            "--resize", "none"]
+    argv = [
+        "--pred-dir",
+        str(tmp_path / "pred"),
+        "--gt-dir",
+        str(tmp_path / "gt"),
+        "--num-classes",
+        str(K),
+        "--protocol",
+        "cityscapes-thin",
+        "--max-dist",
+        "0.02",
+        "--thresholds",
+        "19",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--resize",
+        "none",
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["max_dist"] == 0.02 and summary["settings"]["thin_gt"] is True
@@ -78,8 +95,9 @@ def test_cli_runs_resumes_and_matches_in_memory(tmp_path, capsys):
     from dynfuse.eval import PROTOCOLS, evaluate_edges
 
     s = PROTOCOLS["cityscapes-thin"].replace(max_dist=0.02, thresholds=19)
-    mem = evaluate_edges([np.round(p * 65535).astype(np.uint16) for p, _ in data],
-                         [g for _, g in data], settings=s)
+    mem = evaluate_edges(
+        [np.round(p * 65535).astype(np.uint16) for p, _ in data], [g for _, g in data], settings=s
+    )
     assert summary["mf_ods"] == pytest.approx(mem.mf_ods)
     # Resume: a cached entry is used (tamper with it and the summary reflects the cache).
     z = dict(np.load(out / "cache" / "city" / "img0.npz"))
@@ -103,10 +121,33 @@ def test_cli_runs_resumes_and_matches_in_memory(tmp_path, capsys):
 
 def test_cli_kill_internal_8bit_and_errors(tmp_path, capsys):
     _make_folder(tmp_path, n=2, bits=8)
-    base = ["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"),
-            "--num-classes", str(K), "--thresholds", "9", "--workers", "0", "--no-progress"]
-    assert main(base + ["--protocol", "sbd", "--kill-internal", "--seg-dir", str(tmp_path / "seg"),
-                        "--instance-insensitive"]) == 0
+    base = [
+        "--pred-dir",
+        str(tmp_path / "pred"),
+        "--gt-dir",
+        str(tmp_path / "gt"),
+        "--num-classes",
+        str(K),
+        "--thresholds",
+        "9",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    assert (
+        main(
+            base
+            + [
+                "--protocol",
+                "sbd",
+                "--kill-internal",
+                "--seg-dir",
+                str(tmp_path / "seg"),
+                "--instance-insensitive",
+            ]
+        )
+        == 0
+    )
     assert "instance_sensitive=False" in capsys.readouterr().out
     assert main(base + ["--kill-internal"]) == 2
     os.remove(tmp_path / "pred" / "class_002" / "city" / "img1.png")
@@ -118,9 +159,19 @@ def test_cli_kill_internal_8bit_and_errors(tmp_path, capsys):
 
 def test_cli_parallel_workers_equal_serial(tmp_path):
     _make_folder(tmp_path, n=2)
-    base = ["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"),
-            "--num-classes", str(K), "--thresholds", "7", "--no-progress",
-            "--protocol", "cityscapes-raw"]
+    base = [
+        "--pred-dir",
+        str(tmp_path / "pred"),
+        "--gt-dir",
+        str(tmp_path / "gt"),
+        "--num-classes",
+        str(K),
+        "--thresholds",
+        "7",
+        "--no-progress",
+        "--protocol",
+        "cityscapes-raw",
+    ]
     assert main(base + ["--workers", "0", "--out", str(tmp_path / "a")]) == 0
     assert main(base + ["--workers", "2", "--out", str(tmp_path / "b")]) == 0
     a = json.loads((tmp_path / "a" / "summary.json").read_text())
@@ -129,9 +180,22 @@ def test_cli_parallel_workers_equal_serial(tmp_path):
 
 
 def _argv(tmp_path, *extra, k=K):
-    return ["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"),
-            "--num-classes", str(k), "--thresholds", "7", "--workers", "0", "--no-progress",
-            "--protocol", "dff-cityscapes-raw", *extra]
+    return [
+        "--pred-dir",
+        str(tmp_path / "pred"),
+        "--gt-dir",
+        str(tmp_path / "gt"),
+        "--num-classes",
+        str(k),
+        "--thresholds",
+        "7",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--protocol",
+        "dff-cityscapes-raw",
+        *extra,
+    ]
 
 
 def test_cache_is_keyed_by_content_replaced_predictions_are_rescored(tmp_path, capsys):
@@ -154,7 +218,8 @@ def test_cache_is_keyed_by_content_replaced_predictions_are_rescored(tmp_path, c
     for i in range(2):
         for k in range(K):
             Image.fromarray(np.zeros((40, 52), np.uint16)).save(
-                tmp_path / "pred" / f"class_{k + 1:03d}" / "city" / f"img{i}.png")
+                tmp_path / "pred" / f"class_{k + 1:03d}" / "city" / f"img{i}.png"
+            )
     assert main(argv) == 0
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["mf_ods"] == 0.0
     # The untouched GT and settings alone never make a hit: the key names each input file.
@@ -175,8 +240,9 @@ def _write_manifest(tmp_path, *, complete=True, num_classes=K, images=("city/img
     from dynfuse.eval.manifest import begin_manifest, finish_manifest
 
     if complete:
-        finish_manifest(tmp_path / "pred", images=list(images), num_classes=num_classes,
-                        producer={"tool": "test"})
+        finish_manifest(
+            tmp_path / "pred", images=list(images), num_classes=num_classes, producer={"tool": "test"}
+        )
     else:
         begin_manifest(tmp_path / "pred", producer={"tool": "test"})
 

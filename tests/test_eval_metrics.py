@@ -60,8 +60,13 @@ def test_score_class_against_plain_definitions():
         acc += img[int(np.argmax(f_measure(pi, ri)))]
     ro, po = acc[0] / max(acc[1], 1), acc[2] / max(acc[3], 1)
     assert s.ois == pytest.approx(f_measure(po, ro))
-    ap_mp = sum(max([pp for rr, pp in zip(r, p, strict=True) if rr >= t - 1e-12], default=0.0)
-                for t in np.arange(101) / 100) / 101
+    ap_mp = (
+        sum(
+            max([pp for rr, pp in zip(r, p, strict=True) if rr >= t - 1e-12], default=0.0)
+            for t in np.arange(101) / 100
+        )
+        / 101
+    )
     assert s.ap_max_precision == pytest.approx(ap_mp)
     assert s.auc == s.ap
 

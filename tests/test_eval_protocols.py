@@ -38,7 +38,9 @@ def test_protocols_are_the_authors_settings():
         if name.startswith("dff-") and name != "dff-evaluation-default":
             assert PROTOCOLS[name].instance_sensitive is True
     assert PROTOCOL_ALIASES == {
-        "sbd": "seal-sbd", "cityscapes-thin": "seal-cityscapes-thin", "cityscapes-raw": "seal-cityscapes-raw"
+        "sbd": "seal-sbd",
+        "cityscapes-thin": "seal-cityscapes-thin",
+        "cityscapes-raw": "seal-cityscapes-raw",
     }
     for old, new in PROTOCOL_ALIASES.items():
         assert PROTOCOLS[old] == PROTOCOLS[new]
@@ -164,7 +166,7 @@ def test_thin_gt_leaves_already_thinned_gt_unchanged():
     prob, gt, _ = synthetic_sample((48, 64), 2, seed=7, num_cells=8)
     thinned = np.stack([thin(g) for g in gt])
     s = PROTOCOLS["dff-sbd-thin"].replace(thresholds=5)
-    assert np.array_equal(evaluate_image(prob, thinned, s),
-                          evaluate_image(prob, thinned, s.replace(thin_gt=False)))
-    assert not np.array_equal(evaluate_image(prob, gt, s),
-                              evaluate_image(prob, gt, s.replace(thin_gt=False)))
+    assert np.array_equal(
+        evaluate_image(prob, thinned, s), evaluate_image(prob, thinned, s.replace(thin_gt=False))
+    )
+    assert not np.array_equal(evaluate_image(prob, gt, s), evaluate_image(prob, gt, s.replace(thin_gt=False)))

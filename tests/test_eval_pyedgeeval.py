@@ -35,7 +35,9 @@ def pe():
         if stub is not None and sys.modules.get("cv2") is stub:
             del sys.modules["cv2"]
     yield types.SimpleNamespace(
-        cp=correspond_pixels, counts=evaluate_boundaries_threshold, bwmorph_thin=bwmorph_thin,
+        cp=correspond_pixels,
+        counts=evaluate_boundaries_threshold,
+        bwmorph_thin=bwmorph_thin,
         metrics=calculate_metrics,
     )
     if added_in1d:
@@ -71,8 +73,13 @@ def test_scores_agree_within_0_01(pe):
     peer = np.zeros_like(ours)
     for k in range(2):
         ours[0, k] = image_class_counts(prob[k], gt[k], thr, max_dist=0.02, thin=False)
-        cr, sr, cp, sp = pe.counts(thresholds=thr, pred=prob[k].astype(np.float64),
-                                   gt=gt[k].astype(np.uint8), max_dist=0.02, apply_thinning=False)
+        cr, sr, cp, sp = pe.counts(
+            thresholds=thr,
+            pred=prob[k].astype(np.float64),
+            gt=gt[k].astype(np.uint8),
+            max_dist=0.02,
+            apply_thinning=False,
+        )
         peer[0, k] = np.stack([cr, sr, cp, sp], axis=1)
     s = EvalSettings(max_dist=0.02, thresholds=tuple(thr), thin=False)
     a, b = aggregate(ours, s), aggregate(peer, s)
@@ -85,8 +92,10 @@ def _peer_metrics(pe, counts, thr):
     import contextlib
     import io
 
-    samples = [{"name": str(i), "counts": tuple(c[:, j].astype(np.float64) for j in range(4))}
-               for i, c in enumerate(counts)]
+    samples = [
+        {"name": str(i), "counts": tuple(c[:, j].astype(np.float64) for j in range(4))}
+        for i, c in enumerate(counts)
+    ]
     with contextlib.redirect_stdout(io.StringIO()):  # its progress bar
         _, _, overall = pe.metrics(lambda s: s["counts"], [float(t) for t in thr], samples, nproc=1)
     return overall

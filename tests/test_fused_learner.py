@@ -54,8 +54,13 @@ def _run(head, feats, size, grad):
     out = head(feats, output_size=size)
     params = [p for _, p in head.named_parameters()]
     grads = torch.autograd.grad(out.fuse, feats + params, grad)
-    return out, dict(zip([f"feature{i}" for i in range(len(feats))] + [n for n, _ in head.named_parameters()],
-                         grads, strict=True))
+    return out, dict(
+        zip(
+            [f"feature{i}" for i in range(len(feats))] + [n for n, _ in head.named_parameters()],
+            grads,
+            strict=True,
+        )
+    )
 
 
 def _assert_grads_close(got, want, rtol):
@@ -145,8 +150,9 @@ def test_bfloat16_within_stated_tolerance():
     fused = fused.to(torch.bfloat16)
     ref.load_state_dict(fused.state_dict())  # float64 copy of the bf16-rounded parameters
     size = (15, 11)
-    feats64 = [f.detach().to(torch.bfloat16).double().requires_grad_()
-               for f in _features(2, size, (1, 2, 4, 4))]
+    feats64 = [
+        f.detach().to(torch.bfloat16).double().requires_grad_() for f in _features(2, size, (1, 2, 4, 4))
+    ]
     feats16 = [f.detach().to(torch.bfloat16).requires_grad_() for f in feats64]
     grad = torch.randn(2, K, *size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     out_ref, g_ref = _run(ref, feats64, size, grad)
@@ -201,8 +207,9 @@ def test_create_model_switch_and_errors():
         DFFHead(CHANNELS, K, strides=(1, 2, 4, 4), learner="invariant", fused_learner=True)
     with pytest.raises(ValueError, match="learner_resolution='full'"):
         DFFHead(CHANNELS, K, strides=(1, 2, 4, 4), learner_resolution="top", fused_learner=True)
-    head = DFFHead(CHANNELS, K, strides=(1, 2, 4, 4), fused_learner=True,
-                   norm_layer=lambda c: nn.GroupNorm(1, c))
+    head = DFFHead(
+        CHANNELS, K, strides=(1, 2, 4, 4), fused_learner=True, norm_layer=lambda c: nn.GroupNorm(1, c)
+    )
     with pytest.raises(TypeError, match="needs nn.BatchNorm2d in the learner, conv1 has GroupNorm"):
         head(_features(2, (16, 12), (1, 2, 4, 4), dtype=torch.float32), output_size=(16, 12))
     with pytest.raises(ValueError, match="chunk_elements"):
@@ -222,18 +229,54 @@ def test_op_rejects_bad_shapes_and_geometry():
     mats = (torch.randn(c, c), torch.randn(c, c)), (torch.zeros(c), torch.zeros(c))
     w = torch.randn(c, c, 4, 4)
     with pytest.raises(ValueError, match="low must be"):
-        fused_learner_fuse(torch.randn(2, c + 1, 4, 4), w, torch.zeros(c), *mats, (bn,) * 3, side5, sides,
-                           UpsampleGeometry("deconv", (8, 8), 2, 1), batch_stats=True)
+        fused_learner_fuse(
+            torch.randn(2, c + 1, 4, 4),
+            w,
+            torch.zeros(c),
+            *mats,
+            (bn,) * 3,
+            side5,
+            sides,
+            UpsampleGeometry("deconv", (8, 8), 2, 1),
+            batch_stats=True,
+        )
     with pytest.raises(ValueError, match="smaller than the output size"):
-        fused_learner_fuse(torch.randn(2, c, 3, 4), w, torch.zeros(c), *mats, (bn,) * 3, side5, sides,
-                           UpsampleGeometry("deconv", (8, 8), 2, 1), batch_stats=True)
+        fused_learner_fuse(
+            torch.randn(2, c, 3, 4),
+            w,
+            torch.zeros(c),
+            *mats,
+            (bn,) * 3,
+            side5,
+            sides,
+            UpsampleGeometry("deconv", (8, 8), 2, 1),
+            batch_stats=True,
+        )
     with pytest.raises(ValueError, match="out_size"):
-        fused_learner_fuse(torch.randn(2, c, 4, 4), w, torch.zeros(c), *mats, (bn,) * 3, side5, sides,
-                           UpsampleGeometry("deconv", (9, 8), 2, 1), batch_stats=True)
+        fused_learner_fuse(
+            torch.randn(2, c, 4, 4),
+            w,
+            torch.zeros(c),
+            *mats,
+            (bn,) * 3,
+            side5,
+            sides,
+            UpsampleGeometry("deconv", (9, 8), 2, 1),
+            batch_stats=True,
+        )
     no_running = BatchNormState(None, None, None, None)
     with pytest.raises(ValueError, match="running statistics"):
-        fused_learner_fuse(torch.randn(2, c, 4, 4), w, torch.zeros(c), *mats, (no_running,) * 3, side5,
-                           sides, UpsampleGeometry("deconv", (8, 8), 2, 1), batch_stats=False)
+        fused_learner_fuse(
+            torch.randn(2, c, 4, 4),
+            w,
+            torch.zeros(c),
+            *mats,
+            (no_running,) * 3,
+            side5,
+            sides,
+            UpsampleGeometry("deconv", (8, 8), 2, 1),
+            batch_stats=False,
+        )
 
 
 def test_tiny_model_training_step_float32():

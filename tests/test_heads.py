@@ -190,8 +190,9 @@ def test_head_options_frozen_validated_and_one_source_for_builders():
     assert HeadOptions(**opts.to_dict()) == opts and hash(opts) == hash(HeadOptions(**opts.to_dict()))
     # Passing the value or its fields builds the same head.
     a = DFFHead(TinyBackbone.channels, 3, strides=TinyBackbone.strides, options=opts)
-    b = DFFHead(TinyBackbone.channels, 3, strides=TinyBackbone.strides, learner="invariant",
-                activation="softmax")
+    b = DFFHead(
+        TinyBackbone.channels, 3, strides=TinyBackbone.strides, learner="invariant", activation="softmax"
+    )
     assert a.options == b.options == opts and repr(a) == repr(b)
     # Keyword fields override the value; "backend" is the old name of fusion_backend.
     c = DFFHead(TinyBackbone.channels, 3, strides=TinyBackbone.strides, options=opts, backend="torch")
@@ -222,8 +223,9 @@ def test_head_options_unknown_names():
     with pytest.raises(ValueError, match="unknown head option"):
         DFFHead(TinyBackbone.channels, 3, strides=TinyBackbone.strides, learnr="fixed")
     with pytest.raises(ValueError, match="not both"):
-        DFFHead(TinyBackbone.channels, 3, strides=TinyBackbone.strides, backend="torch",
-                fusion_backend="torch")
+        DFFHead(
+            TinyBackbone.channels, 3, strides=TinyBackbone.strides, backend="torch", fusion_backend="torch"
+        )
     with pytest.raises(TypeError, match="options must be a HeadOptions"):
         DFFHead(TinyBackbone.channels, 3, strides=TinyBackbone.strides, options={"learner": "fixed"})
     with pytest.raises(ValueError, match="apply to DFF only"):
@@ -252,8 +254,9 @@ def test_fixed_head_fuse_equals_op_plus_bias():
 # --- geometry and dtype of the inputs (issue 9, items 10-12) ---------------------------------
 
 
-@pytest.mark.parametrize("size", [(-5, 16), (3,), (0, 0), (16, 0), (16.0, 16), (True, 16), "16", 16,
-                                  torch.tensor([16, 16])])
+@pytest.mark.parametrize(
+    "size", [(-5, 16), (3,), (0, 0), (16, 0), (16.0, 16), (True, 16), "16", 16, torch.tensor([16, 16])]
+)
 def test_output_size_must_be_two_positive_ints(size):
     head = DFFHead(TinyBackbone.channels, 2, strides=TinyBackbone.strides)
     feats = TinyBackbone()(torch.randn(1, 3, 16, 16))
@@ -273,8 +276,11 @@ def test_level_that_does_not_fit_its_stride_is_named():
     head = DFFHead(TinyBackbone.channels, 2, strides=TinyBackbone.strides)
     feats = TinyBackbone()(torch.randn(1, 3, 16, 16))
     feats[3] = torch.randn(1, 24, 5, 5)  # a 16x16 output at stride 8 needs 2x2
-    with pytest.raises(ValueError, match=r"feature map 3 \(top\) is 5x5 but has stride 8: an output of "
-                                         r"16x16 needs 2x2"):
+    with pytest.raises(
+        ValueError,
+        match=r"feature map 3 \(top\) is 5x5 but has stride 8: an output of "
+        r"16x16 needs 2x2",
+    ):
         head(feats, (16, 16))
     feats = TinyBackbone()(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match=r"feature map 0 is 16x16 but has stride 1: an output of 32x16"):
@@ -289,22 +295,29 @@ def test_odd_sizes_may_round_either_way(rows, ok):
     if ok:
         assert head(feats, (17, 6)).fuse.shape == (1, 2, 17, 6)
     else:
-        with pytest.raises(ValueError, match=r"feature map 1 \(top\) is \d+x3 but has stride 2: an output "
-                                             r"of 17x6 needs 8\|9x3"):
+        with pytest.raises(
+            ValueError,
+            match=r"feature map 1 \(top\) is \d+x3 but has stride 2: an output "
+            r"of 17x6 needs 8\|9x3",
+        ):
             head(feats, (17, 6))
 
 
 def test_timm_features_with_wrong_declared_strides_raise():
     timm = pytest.importorskip("timm")
-    backbone = timm.create_model("resnet18", pretrained=False, features_only=True,
-                                 out_indices=(1, 2, 3, 4)).eval()
+    backbone = timm.create_model(
+        "resnet18", pretrained=False, features_only=True, out_indices=(1, 2, 3, 4)
+    ).eval()
     # resnet18's levels are at strides 4, 8, 16, 32; declaring the dilated ResNet's 1, 2, 4, 8 used to
     # resize every map silently.
     head = DFFHead(backbone.feature_info.channels(), 2, strides=(1, 2, 4, 8))
     with torch.no_grad():
         feats = backbone(torch.randn(1, 3, 32, 32))
-    with pytest.raises(ValueError, match=r"feature map 0 is 8x8 but has stride 1: an output of 32x32 "
-                                         r"needs 32x32"):
+    with pytest.raises(
+        ValueError,
+        match=r"feature map 0 is 8x8 but has stride 1: an output of 32x32 "
+        r"needs 32x32",
+    ):
         head(feats, (32, 32))
 
 
@@ -329,8 +342,11 @@ def test_head_sizes_must_be_ints(kwargs, words):
 def test_feature_dtype_mismatch_is_named(dtype):
     head = DFFHead(TinyBackbone.channels, 2, strides=TinyBackbone.strides)
     feats = [f.to(dtype) for f in TinyBackbone()(torch.randn(1, 3, 16, 16))]
-    with pytest.raises(TypeError, match=rf"feature map 0 has dtype {dtype} but the head's parameters "
-                                        r"are torch.float32"):
+    with pytest.raises(
+        TypeError,
+        match=rf"feature map 0 has dtype {dtype} but the head's parameters "
+        r"are torch.float32",
+    ):
         head(feats)
     head.to(dtype)  # a head of the features' dtype takes them
     assert head(feats).fuse.dtype == dtype
@@ -363,9 +379,10 @@ def test_version1_head_state_loads_with_the_same_outputs(kind):
     state = record["state"][kind]
     assert "learner.bias" in state and "fusion.bias" not in state  # really the old format
     channels, strides = (4, 4, 4, 8), (1, 2, 4, 8)
-    make = {"casenet": lambda: CASENetHead(channels, 2, strides=strides, backend="reference"),
-            "normalizer": lambda: DFFHead(channels, 2, strides=strides, learner="fixed",
-                                          backend="reference")}[kind]
+    make = {
+        "casenet": lambda: CASENetHead(channels, 2, strides=strides, backend="reference"),
+        "normalizer": lambda: DFFHead(channels, 2, strides=strides, learner="fixed", backend="reference"),
+    }[kind]
     # 1) torch's own loader: the head migrates version-1 keys itself (metadata says version 1).
     head = make().eval()
     head.load_state_dict(state)

@@ -24,9 +24,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @settings(max_examples=25, deadline=None)
-@given(scale=st.sampled_from([1, 2, 4, 8]), h=st.integers(1, 9), w=st.integers(1, 9),
-       out_h=st.integers(1, 70), out_w=st.integers(1, 70), norm=st.booleans(),
-       upsample=st.sampled_from(["deconv", "bilinear"]))
+@given(
+    scale=st.sampled_from([1, 2, 4, 8]),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    out_h=st.integers(1, 70),
+    out_w=st.integers(1, 70),
+    norm=st.booleans(),
+    upsample=st.sampled_from(["deconv", "bilinear"]),
+)
 def test_side_norm_block_gives_exactly_the_requested_size(scale, h, w, out_h, out_w, norm, upsample):
     block = SideNormBlock(3, 2, scale, norm=norm, upsample=upsample).eval()
     y = block(torch.randn(2, 3, h, w), (out_h, out_w))
@@ -64,11 +70,14 @@ def test_side_norm_block_norm_off_and_custom_norm_layer():
     assert isinstance(block.norm, nn.GroupNorm)
 
 
-@pytest.mark.parametrize("kwargs, exc, words", [
-    (dict(scale=0), ValueError, ["scale"]),
-    (dict(scale=1.5), ValueError, ["scale"]),
-    (dict(upsample="nearest"), ValueError, ["upsample", "'nearest'"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        (dict(scale=0), ValueError, ["scale"]),
+        (dict(scale=1.5), ValueError, ["scale"]),
+        (dict(upsample="nearest"), ValueError, ["upsample", "'nearest'"]),
+    ],
+)
 def test_side_norm_block_bad_arguments(kwargs, exc, words):
     args = dict(in_channels=4, out_channels=1, scale=2) | kwargs
     with pytest.raises(exc) as info:
@@ -143,15 +152,18 @@ def test_dynamic_fusion_module():
         DynamicFusion(backend="numpy")
 
 
-@pytest.mark.parametrize("module, words", [
-    (SideNormBlock(4, 1, 2), ["in_channels=4", "scale=2", "norm=True", "upsample='deconv'"]),
-    (SharedConcat(), ["side5_k"]),
-    (LocationAdaptiveLearner(8, 2), ["num_classes=2", "num_inputs=4"]),
-    (LocationInvariantLearner(8, 2), ["in_channels=8", "num_classes=2"]),
-    (DynamicFusion(), ["activation=None", "backend='auto'", "bias=False"]),
-    (FixedWeights(3), ["num_classes=3", "num_inputs=4"]),
-    (FixedFusion(3), ["num_classes=3", "bias=True"]),
-])
+@pytest.mark.parametrize(
+    "module, words",
+    [
+        (SideNormBlock(4, 1, 2), ["in_channels=4", "scale=2", "norm=True", "upsample='deconv'"]),
+        (SharedConcat(), ["side5_k"]),
+        (LocationAdaptiveLearner(8, 2), ["num_classes=2", "num_inputs=4"]),
+        (LocationInvariantLearner(8, 2), ["in_channels=8", "num_classes=2"]),
+        (DynamicFusion(), ["activation=None", "backend='auto'", "bias=False"]),
+        (FixedWeights(3), ["num_classes=3", "num_inputs=4"]),
+        (FixedFusion(3), ["num_classes=3", "bias=True"]),
+    ],
+)
 def test_repr(module, words):
     text = repr(module)
     assert all(w in text for w in words), text
@@ -172,8 +184,9 @@ def test_fixed_weights_and_biased_fusion_equal_fixed_fusion():
     k, s = 3, 3
     learner, fusion = FixedWeights(k, s + 1), DynamicFusion(num_classes=k, bias=True, backend="torch")
     side5, sides = torch.randn(2, k, 5, 6), torch.randn(2, s, 5, 6)
-    want = F.conv2d(shared_concat(side5, sides).double(), learner.weight.double(), fusion.bias.double(),
-                    groups=k)
+    want = F.conv2d(
+        shared_concat(side5, sides).double(), learner.weight.double(), fusion.bias.double(), groups=k
+    )
     torch.testing.assert_close(fusion(side5, sides, learner(None)).double(), want, rtol=1e-5, atol=1e-5)
     bound = 1 / (s + 1) ** 0.5  # the grouped conv's default initialisation
     assert fusion.bias.abs().max() <= bound and learner.weight.abs().max() <= bound

@@ -185,9 +185,7 @@ def test_target_dtypes_agree():
 def test_batch_mean_of_per_image_losses():
     gen = torch.Generator().manual_seed(7)
     x, y, m = random_case(gen, b=4, k=3, h=7, w=10)
-    per = torch.stack(
-        [reweighted_edge_loss(x[i : i + 1], y[i : i + 1], m[i : i + 1]) for i in range(4)]
-    )
+    per = torch.stack([reweighted_edge_loss(x[i : i + 1], y[i : i + 1], m[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(reweighted_edge_loss(x, y, m), per.mean())
 
 

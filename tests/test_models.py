@@ -68,13 +68,19 @@ def test_table1_rows(row):
         expected_norm = options.normalize
         for blk in [*head.sides, head.side5]:
             assert isinstance(blk.norm, nn.BatchNorm2d) == expected_norm
-        learner_cls = {"fixed": FixedWeights, "invariant": LocationInvariantLearner,
-                       "adaptive": LocationAdaptiveLearner}[options.learner]
+        learner_cls = {
+            "fixed": FixedWeights,
+            "invariant": LocationInvariantLearner,
+            "adaptive": LocationAdaptiveLearner,
+        }[options.learner]
         assert isinstance(head.learner, learner_cls)
         assert head.activation == options.activation
     out = model(_seeded_input(2, 19, 23))
-    weight_shape = {FixedWeights: (3, 4), LocationInvariantLearner: (2, 3, 4),
-                    LocationAdaptiveLearner: (2, 3, 4, 19, 23)}
+    weight_shape = {
+        FixedWeights: (3, 4),
+        LocationInvariantLearner: (2, 3, 4),
+        LocationAdaptiveLearner: (2, 3, 4, 19, 23),
+    }
     assert tuple(out.weights.shape) == weight_shape[type(head.learner)]
     (out.fuse.mean() + out.side5.mean()).backward()
 
@@ -89,8 +95,9 @@ def test_softmax_switch_changes_only_the_fusion():
         a, b = plain(x), soft(x)
     torch.testing.assert_close(a.side5, b.side5)
     torch.testing.assert_close(a.weights, b.weights)
-    side_maps = torch.cat([blk(f, (16, 16)) for blk, f in
-                           zip(plain.head.sides, plain.backbone(x)[:-1], strict=True)], 1)
+    side_maps = torch.cat(
+        [blk(f, (16, 16)) for blk, f in zip(plain.head.sides, plain.backbone(x)[:-1], strict=True)], 1
+    )
     x_all = torch.cat([a.side5.unsqueeze(2), side_maps.unsqueeze(1).expand(-1, 2, -1, -1, -1)], 2)
     torch.testing.assert_close(b.fuse, (x_all * a.weights.softmax(2)).sum(2), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a.fuse, (x_all * a.weights).sum(2), rtol=1e-5, atol=1e-5)
@@ -118,8 +125,9 @@ def _train_step(model, x):
 def test_checkpointing_matches_plain_training_step():
     torch.manual_seed(4)
     plain = create_model("dff", backbone="tiny", num_classes=3)
-    ckpt = create_model("dff", backbone="tiny", num_classes=3, checkpoint_backbone=True,
-                        checkpoint_learner=True)
+    ckpt = create_model(
+        "dff", backbone="tiny", num_classes=3, checkpoint_backbone=True, checkpoint_learner=True
+    )
     ckpt.load_state_dict(plain.state_dict())
     assert ckpt.checkpointing == {"backbone": True, "learner": True}
     assert isinstance(ckpt.head.learner, CheckpointedAdaptiveLearner)
@@ -244,8 +252,11 @@ def test_builder_errors():
     with pytest.raises(ValueError, match="pretrained_backbone cannot"):
         create_backbone(dilated_resnet_tiny(), pretrained={})
     with pytest.raises(ValueError, match="set_grad_checkpointing"):
-        DFF(FeatureListBackbone(nn.Conv2d(3, 4, 1), [4, 4], [1, 1], indices=(0, 0)), 2,
-            checkpoint_backbone=True)
+        DFF(
+            FeatureListBackbone(nn.Conv2d(3, 4, 1), [4, 4], [1, 1], indices=(0, 0)),
+            2,
+            checkpoint_backbone=True,
+        )
 
 
 def test_bad_images_raise():
@@ -328,8 +339,9 @@ def test_create_model_option_errors_are_value_errors():
 
 def test_image_dtype_mismatch_is_named():
     model = create_model("dff", backbone="tiny", num_classes=2)
-    with pytest.raises(TypeError, match="images has dtype torch.float64 but the model's parameters are "
-                                        "torch.float32"):
+    with pytest.raises(
+        TypeError, match="images has dtype torch.float64 but the model's parameters are torch.float32"
+    ):
         model(torch.randn(1, 3, 16, 16, dtype=torch.float64))
 
 

@@ -23,8 +23,18 @@ def bench():
 def test_child_measures_a_training_step(bench, config):
     saved = torch.get_num_threads()
     try:
-        res = bench.run_child({"backbone": "tiny", "crop": 24, "batch": 2, "config": config,
-                               "device": "cpu", "steps": 1, "warmup": 0, "threads": 1})
+        res = bench.run_child(
+            {
+                "backbone": "tiny",
+                "crop": 24,
+                "batch": 2,
+                "config": config,
+                "device": "cpu",
+                "steps": 1,
+                "warmup": 0,
+                "threads": 1,
+            }
+        )
     finally:
         torch.set_num_threads(saved)
     assert res["status"] == "ok"
@@ -35,12 +45,36 @@ def test_child_measures_a_training_step(bench, config):
 
 def test_headline_targets(bench):
     rows = [
-        {"model": "DFF-resnet50", "crop": 640, "batch": 8, "config": "fast", "status": "ok",
-         "speedup": 2.6, "mem_ratio": 0.6, "peak_gb": 30.0},
-        {"model": "DFF-resnet101", "crop": 640, "batch": 8, "config": "fast+ckpt", "status": "ok",
-         "speedup": None, "mem_ratio": None, "peak_gb": 39.0},
-        {"model": "DFF-resnet50", "crop": 512, "batch": 8, "config": "fast", "status": "ok",
-         "speedup": 9.0, "mem_ratio": 0.1, "peak_gb": 1.0},
+        {
+            "model": "DFF-resnet50",
+            "crop": 640,
+            "batch": 8,
+            "config": "fast",
+            "status": "ok",
+            "speedup": 2.6,
+            "mem_ratio": 0.6,
+            "peak_gb": 30.0,
+        },
+        {
+            "model": "DFF-resnet101",
+            "crop": 640,
+            "batch": 8,
+            "config": "fast+ckpt",
+            "status": "ok",
+            "speedup": None,
+            "mem_ratio": None,
+            "peak_gb": 39.0,
+        },
+        {
+            "model": "DFF-resnet50",
+            "crop": 512,
+            "batch": 8,
+            "config": "fast",
+            "status": "ok",
+            "speedup": 9.0,
+            "mem_ratio": 0.1,
+            "peak_gb": 1.0,
+        },
     ]
     lines = bench.headline(rows)
     assert len(lines) == 2

@@ -75,8 +75,9 @@ def test_compile_whole_model_single_graph():
     torch.testing.assert_close(out.fuse, want.fuse, rtol=1e-5, atol=1e-5)
     (out.fuse.mean() + out.side5.mean()).backward()
     (want.fuse.mean() + want.side5.mean()).backward()
-    torch.testing.assert_close(model.backbone.conv1.weight.grad, ref.backbone.conv1.weight.grad,
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        model.backbone.conv1.weight.grad, ref.backbone.conv1.weight.grad, rtol=1e-4, atol=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -190,8 +191,7 @@ def test_fit_to_size_crops_the_long_side_then_resizes_the_short_one():
 
     x = torch.randn(1, 2, 6, 3, generator=torch.Generator().manual_seed(0))
     got = fit_to_size(x, (5, 4))
-    want = torch.nn.functional.interpolate(x[..., :5, :], size=(5, 4), mode="bilinear",
-                                           align_corners=False)
+    want = torch.nn.functional.interpolate(x[..., :5, :], size=(5, 4), mode="bilinear", align_corners=False)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert fit_to_size(x, (6, 3)) is x
     torch.testing.assert_close(fit_to_size(x, (4, 2)), x[..., :4, :2], rtol=0, atol=0)

@@ -98,7 +98,7 @@ def random_checkpoint(keys, seed=0, dtype=torch.float32):
         if key.endswith("num_batches_tracked"):
             sd[key] = torch.tensor(100)
         elif key.endswith("running_var"):
-            sd[key] = (1 + 0.2 * torch.rand(shape, generator=g, dtype=dtype))
+            sd[key] = 1 + 0.2 * torch.rand(shape, generator=g, dtype=dtype)
         elif key.endswith("running_mean") or key.endswith(".bias"):
             sd[key] = 0.1 * torch.randn(shape, generator=g, dtype=dtype)
         elif len(shape) == 1:  # BN weight
@@ -113,8 +113,15 @@ def random_checkpoint(keys, seed=0, dtype=torch.float32):
 
 
 def _bn(x, sd, p):
-    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
-                        sd[f"{p}.bias"], training=False, eps=1e-5)
+    return F.batch_norm(
+        x,
+        sd[f"{p}.running_mean"],
+        sd[f"{p}.running_var"],
+        sd[f"{p}.weight"],
+        sd[f"{p}.bias"],
+        training=False,
+        eps=1e-5,
+    )
 
 
 def authors_backbone(x, sd, layers):
@@ -131,8 +138,7 @@ def authors_backbone(x, sd, layers):
             out = F.relu(_bn(out, sd, f"{p}.bn2"))
             out = _bn(F.conv2d(out, sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
             if f"{p}.downsample.0.weight" in sd:
-                res = _bn(F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=s), sd,
-                          f"{p}.downsample.1")
+                res = _bn(F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=s), sd, f"{p}.downsample.1")
             else:
                 res = x
             x = F.relu(out + res)
@@ -143,7 +149,7 @@ def authors_backbone(x, sd, layers):
 def _growing_cat(side5, side1, side2, side3):
     fuse = torch.cat((side5[:, 0:1], side1, side2, side3), 1)
     for i in range(side5.size(1) - 1):
-        fuse = torch.cat((fuse, side5[:, i + 1:i + 2], side1, side2, side3), 1)
+        fuse = torch.cat((fuse, side5[:, i + 1 : i + 2], side1, side2, side3), 1)
     return fuse
 
 
@@ -160,8 +166,11 @@ def authors_dff_forward(x, sd, k, layers=R50):
     side5, side5_w = side("side5", c5, 8), side("side5_w", c5, 8)
     w = side5_w
     for i in (1, 2, 3):
-        w = _bn(F.conv2d(w, sd[f"ada_learner.conv{i}.0.weight"], sd[f"ada_learner.conv{i}.0.bias"]),
-                sd, f"ada_learner.conv{i}.1")
+        w = _bn(
+            F.conv2d(w, sd[f"ada_learner.conv{i}.0.weight"], sd[f"ada_learner.conv{i}.0.bias"]),
+            sd,
+            f"ada_learner.conv{i}.1",
+        )
         if i < 3:
             w = F.relu(w)
     n, _, h, wd = w.shape
@@ -179,8 +188,7 @@ def authors_casenet_forward(x, sd, k, layers=R50):
 
     side1 = F.conv2d(c1, sd["side1.weight"], sd["side1.bias"])
     side2, side3, side5 = side("side2", c2, 2), side("side3", c3, 4), side("side5", c5, 8)
-    fuse = F.conv2d(_growing_cat(side5, side1, side2, side3), sd["fuse.weight"], sd["fuse.bias"],
-                    groups=k)
+    fuse = F.conv2d(_growing_cat(side5, side1, side2, side3), sd["fuse.weight"], sd["fuse.bias"], groups=k)
     return side5, fuse
 
 

@@ -26,9 +26,21 @@ from dynfuse.training.distributed import DistContext
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(dataset="synthetic", backbone="tiny", num_classes=3, train_length=4,
-                      val_length=1, crop_size=32, batch_size=4, epochs=1, val_every=0,
-                      output_dir=str(out), tensorboard=False, progress=False, device="cpu")
+    cfg = TrainConfig(
+        dataset="synthetic",
+        backbone="tiny",
+        num_classes=3,
+        train_length=4,
+        val_length=1,
+        crop_size=32,
+        batch_size=4,
+        epochs=1,
+        val_every=0,
+        output_dir=str(out),
+        tensorboard=False,
+        progress=False,
+        device="cpu",
+    )
     trainer = Trainer(cfg, ctx=DistContext())
     trainer.fit()
     return out / "final.pt"
@@ -51,8 +63,7 @@ def _images(folder, sizes):
 def test_predict_writes_seal_layout_and_overlays(tmp_path, trained):
     arrays = _images(tmp_path / "in", [(37, 50), (24, 24)])
     out = tmp_path / "out"
-    assert main([str(trained), str(tmp_path / "in"), "-o", str(out), "--device", "cpu",
-                 "--no-progress"]) == 0
+    assert main([str(trained), str(tmp_path / "in"), "-o", str(out), "--device", "cpu", "--no-progress"]) == 0
     model, spec = load_model_for_inference(trained)
     assert spec["num_classes"] == 3 and spec["backbone"] == "tiny"
     for name, arr in arrays.items():
@@ -66,8 +77,13 @@ def test_predict_writes_seal_layout_and_overlays(tmp_path, trained):
             assert np.abs(saved - probs[k] * 65535).max() <= 0.5 + 1e-3
         with Image.open(out / "overlay" / f"{name}.png") as im:
             assert im.mode == "RGB" and im.size == (arr.shape[1], arr.shape[0])
-    assert sorted(p.name for p in out.iterdir()) == ["class_001", "class_002", "class_003",
-                                                      "manifest.json", "overlay"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "class_001",
+        "class_002",
+        "class_003",
+        "manifest.json",
+        "overlay",
+    ]
     manifest = check_manifest(out, num_classes=3)
     assert manifest["images"] == ["img0", "img1"] and manifest["skipped"] == []
     producer = manifest["producer"]
@@ -80,19 +96,51 @@ def test_predict_bare_weights_need_a_description(tmp_path, capsys):
     torch.manual_seed(0)
     net = create_model("dff", backbone="tiny", num_classes=2).eval()
     weights = tmp_path / "w.pt"
-    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}},
-               weights)
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, weights)
     _images(tmp_path / "in", [(20, 30)])
     assert main([str(weights), str(tmp_path / "in"), "-o", str(tmp_path / "o")]) == 2
     assert "--model, --backbone, --num-classes" in capsys.readouterr().err
-    assert main([str(weights), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--model", "dff",
-                 "--backbone", "tiny", "--num-classes", "2", "--no-overlay", "--no-progress",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                str(weights),
+                str(tmp_path / "in"),
+                "-o",
+                str(tmp_path / "o"),
+                "--model",
+                "dff",
+                "--backbone",
+                "tiny",
+                "--num-classes",
+                "2",
+                "--no-overlay",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "o" / "class_002" / "img0.png").is_file()
     assert not (tmp_path / "o" / "overlay").exists()
     # wrong class count: a clear mismatch error, exit status 2
-    assert main([str(weights), str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--model",
-                 "dff", "--backbone", "tiny", "--num-classes", "5"]) == 2
+    assert (
+        main(
+            [
+                str(weights),
+                str(tmp_path / "in"),
+                "-o",
+                str(tmp_path / "o2"),
+                "--model",
+                "dff",
+                "--backbone",
+                "tiny",
+                "--num-classes",
+                "5",
+            ]
+        )
+        == 2
+    )
     assert "does not fit DFF (was it trained with another --model" in capsys.readouterr().err
 
 
@@ -103,8 +151,7 @@ def test_predict_rejects_corrupt_checkpoint_and_disagreeing_flags(tmp_path, trai
     assert main([str(bad), str(tmp_path / "in"), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "cannot read checkpoint" in err and str(bad) in err and "not a torch checkpoint" in err
-    assert main([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "o"),
-                 "--num-classes", "7"]) == 2
+    assert main([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--num-classes", "7"]) == 2
     assert "disagrees with the checkpoint" in capsys.readouterr().err
     assert main([str(trained), str(tmp_path / "missing"), "-o", str(tmp_path / "o")]) == 2
 
@@ -161,11 +208,23 @@ def test_predictions_feed_the_folder_evaluator(tmp_path, trained):
         write_edge_png(tmp_path / "gt" / f"s{i}.png", scene.edges)
         images.append(img)
         gts.append(scene.edges)
-    assert main([str(trained), str(tmp_path / "img"), "-o", str(tmp_path / "pred"), "--device",
-                 "cpu", "--no-progress", "--no-overlay"]) == 0
+    assert (
+        main(
+            [
+                str(trained),
+                str(tmp_path / "img"),
+                "-o",
+                str(tmp_path / "pred"),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--no-overlay",
+            ]
+        )
+        == 0
+    )
     settings = EvalSettings(max_dist=0.02, thresholds=9, thin=True)
-    from_files = evaluate_folder(FolderSpec(str(tmp_path / "pred"), str(tmp_path / "gt"), 3),
-                                 settings)
+    from_files = evaluate_folder(FolderSpec(str(tmp_path / "pred"), str(tmp_path / "gt"), 3), settings)
     model, _ = load_model_for_inference(trained)
     quantised = [np.rint(predict_probabilities(model, im) * 65535) / 65535 for im in images]
     in_memory = evaluate_edges(quantised, gts, settings=settings)
@@ -182,8 +241,11 @@ def _run(argv, capsys):
 
 def _pngs(folder):
     """Every visible PNG under ``folder`` -> its bytes (hidden temporaries excluded)."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*.png")) if not p.name.startswith(".")}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*.png"))
+        if not p.name.startswith(".")
+    }
 
 
 def _truncate(path, keep=0.5):
@@ -211,8 +273,7 @@ def test_predict_does_not_import_training(tmp_path, trained):
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -236,8 +297,7 @@ def test_unreadable_image_leaves_the_folder_marked_incomplete(tmp_path, trained,
     assert set(_pngs(out)) == set(old)  # every file still whole (old or new), none partial
 
     # --skip-unreadable: the run completes, lists the skipped image, and drops its stale maps
-    rc, stdout, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(out), "--skip-unreadable"],
-                         capsys)
+    rc, stdout, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(out), "--skip-unreadable"], capsys)
     assert rc == 0
     manifest = check_manifest(out, 3)
     assert manifest["images"] == ["img0", "img2"]
@@ -252,11 +312,15 @@ def test_truncated_png_input(tmp_path, trained, capsys):
     _truncate(tmp_path / "in" / "img2.png", keep=0.6)  # header fine, pixel data cut short
     rc, _, err = _run([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "a")], capsys)
     assert rc == 2 and "img2.png" in err and "Traceback" not in err
-    rc, stdout, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "b"),
-                          "--skip-unreadable", "--no-overlay"], capsys)
+    rc, stdout, _ = _run(
+        [str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "b"), "--skip-unreadable", "--no-overlay"],
+        capsys,
+    )
     assert rc == 0 and check_manifest(tmp_path / "b", 3)["images"] == ["img0", "img1"]
-    rc, _, err = _run([str(trained), str(tmp_path / "in" / "img2.png"), "-o", str(tmp_path / "c"),
-                       "--skip-unreadable"], capsys)
+    rc, _, err = _run(
+        [str(trained), str(tmp_path / "in" / "img2.png"), "-o", str(tmp_path / "c"), "--skip-unreadable"],
+        capsys,
+    )
     assert rc == 2 and "none of the 1 image(s) could be read" in err
     assert read_manifest(tmp_path / "c")["complete"] is False
 
@@ -308,9 +372,23 @@ def test_killed_run_is_incomplete_and_has_no_partial_png(tmp_path, trained):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
     code = "import sys; from dynfuse.predict import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(trained), str(folder), "-o", str(out),
-                             "--device", "cpu", "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(trained),
+            str(folder),
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "overlay").is_dir() or not any((out / "overlay").iterdir()):
@@ -334,8 +412,9 @@ def test_killed_run_is_incomplete_and_has_no_partial_png(tmp_path, trained):
         with Image.open(p) as im:
             im.load()
     # a rerun cleans up any temporary file the kill left and completes the folder
-    assert main([str(trained), str(folder / "000.png"), "-o", str(out), "--device", "cpu",
-                 "--no-progress"]) == 0
+    assert (
+        main([str(trained), str(folder / "000.png"), "-o", str(out), "--device", "cpu", "--no-progress"]) == 0
+    )
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
     assert check_manifest(out, 3)["images"] == ["000"]
 
@@ -366,16 +445,24 @@ def test_authors_checkpoint_goes_through_load_official(tmp_path, capsys):
     k = 2
     sd = random_checkpoint(authors_keys("dff", k), seed=4)
     path = tmp_path / "checkpoint_200.pth.tar"
-    torch.save({"epoch": 200, "state_dict": {f"module.{key}": v for key, v in sd.items()},
-                "optimizer": {"state": {}, "param_groups": []}}, path)
+    torch.save(
+        {
+            "epoch": 200,
+            "state_dict": {f"module.{key}": v for key, v in sd.items()},
+            "optimizer": {"state": {}, "param_groups": []},
+        },
+        path,
+    )
     _images(tmp_path / "in", [(16, 24)])
-    rc, _, err = _run([str(path), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--no-overlay"],
-                      capsys)
+    rc, _, err = _run([str(path), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--no-overlay"], capsys)
     assert rc == 0, err
     manifest = check_manifest(tmp_path / "o", k)
     settings = manifest["producer"]["settings"]
     assert (settings["model"], settings["backbone"], settings["checkpoint_layout"]) == (
-        "dff", "resnet50", "authors")
+        "dff",
+        "resnet50",
+        "authors",
+    )
     net, spec = load_model_for_inference(path)
     assert (spec["model"], spec["backbone"], spec["num_classes"]) == ("dff", "resnet50", k)
     reference = load_official_dff(sd, k).eval()
@@ -383,8 +470,9 @@ def test_authors_checkpoint_goes_through_load_official(tmp_path, capsys):
     probs = predict_probabilities(reference, image)
     saved = np.asarray(Image.open(tmp_path / "o" / "class_002" / "img0.png")).astype(np.int64)
     assert np.abs(saved - probs[1] * 65535).max() <= 0.5 + 1e-3
-    rc, _, err = _run([str(path), str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--model",
-                       "casenet"], capsys)
+    rc, _, err = _run(
+        [str(path), str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--model", "casenet"], capsys
+    )
     assert rc == 2 and "--model 'casenet' disagrees" in err and "authors' DFF checkpoint" in err
 
 
@@ -395,7 +483,8 @@ def test_bad_device_is_one_line(tmp_path, trained, capsys):
     rc = main([str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--device", "tpu"])
     err = capsys.readouterr().err
     assert rc == 2 and err.strip().splitlines() == [
-        "dynfuse-predict: error: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"]
+        "dynfuse-predict: error: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"
+    ]
     assert not (tmp_path / "o").exists()  # nothing created before the arguments are checked
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
@@ -416,14 +505,38 @@ def test_contact_sheet_image_gt_prediction(tmp_path, trained, capsys):
     for name in ("img0", "img2"):  # img1 has no label
         write_edge_png(gt_dir / f"{name}.png", gts[name])
     out = tmp_path / "out"
-    rc, stdout, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(out), "--contact-sheet",
-                          "--sheet-rows", "2", "--gt-dir", str(gt_dir), "--sheet-height", "16"], capsys)
+    rc, stdout, _ = _run(
+        [
+            str(trained),
+            str(tmp_path / "in"),
+            "-o",
+            str(out),
+            "--contact-sheet",
+            "--sheet-rows",
+            "2",
+            "--gt-dir",
+            str(gt_dir),
+            "--sheet-height",
+            "16",
+        ],
+        capsys,
+    )
     assert rc == 0 and "contact_sheet.png (2 image(s)); no ground truth for img1" in stdout
     # the sheet is exactly image | GT | prediction of the first two images, from the same pieces
     model, _ = load_model_for_inference(trained)
-    rows = [(name, contact_sheet_row(arrays[name], predict_probabilities(model, arrays[name]),
-                                     gts[name] if name == "img0" else None, with_gt=True, max_height=16))
-            for name in ("img0", "img1")]
+    rows = [
+        (
+            name,
+            contact_sheet_row(
+                arrays[name],
+                predict_probabilities(model, arrays[name]),
+                gts[name] if name == "img0" else None,
+                with_gt=True,
+                max_height=16,
+            ),
+        )
+        for name in ("img0", "img1")
+    ]
     want = contact_sheet(rows, ("image", "ground truth", "prediction"))
     with Image.open(out / "contact_sheet.png") as im:
         assert im.mode == "RGB"
@@ -432,8 +545,14 @@ def test_contact_sheet_image_gt_prediction(tmp_path, trained, capsys):
     manifest = check_manifest(out, num_classes=3)
     assert manifest["images"] == ["img0", "img1", "img2"]  # the maps of every image, as before
     sheet = manifest["producer"]["settings"]["contact_sheet"]
-    assert sheet == {"file": "contact_sheet.png", "max_rows": 2, "max_height": 16,
-                     "gt_dir": str(gt_dir.resolve()), "images": ["img0", "img1"], "without_gt": ["img1"]}
+    assert sheet == {
+        "file": "contact_sheet.png",
+        "max_rows": 2,
+        "max_height": 16,
+        "gt_dir": str(gt_dir.resolve()),
+        "images": ["img0", "img1"],
+        "without_gt": ["img1"],
+    }
 
     # without --gt-dir: image | prediction; a rerun without --contact-sheet removes the old sheet
     rc, _, _ = _run([str(trained), str(tmp_path / "in"), "-o", str(out), "--contact-sheet"], capsys)

@@ -57,8 +57,12 @@ def _no_pickle(folder: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "kwargs"),
-    [("dff", {}), ("dff", {"learner": "invariant", "upsample": "bilinear"}), ("dff", {"learner": "fixed"}),
-     ("casenet", {})],
+    [
+        ("dff", {}),
+        ("dff", {"learner": "invariant", "upsample": "bilinear"}),
+        ("dff", {"learner": "fixed"}),
+        ("casenet", {}),
+    ],
     ids=["dff", "dff-invariant-bilinear", "dff-fixed", "casenet"],
 )
 def test_round_trip_identical_outputs(tmp_path, name, kwargs):
@@ -78,7 +82,9 @@ def test_round_trip_timm_backbone_with_kwargs(tmp_path):
     pytest.importorskip("timm")
     backbone = TimmBackbone("resnet18", output_stride=8, out_indices=(0, 1, 2, 4))
     assert backbone.build_config == {
-        "name": "timm:resnet18", "kwargs": {"output_stride": 8, "out_indices": [0, 1, 2, 4]}}
+        "name": "timm:resnet18",
+        "kwargs": {"output_stride": 8, "out_indices": [0, 1, 2, 4]},
+    }
     for cls in (DFF, CASENet):
         model = _warm(cls(backbone, 2))
         folder = model.save_pretrained(tmp_path / cls.__name__)
@@ -100,24 +106,41 @@ def test_round_trip_dilated_resnet50(tmp_path, name):
 
 
 def test_config_describes_the_model(tmp_path):
-    model = create_model("dff", backbone="tiny", num_classes=2, learner_resolution="top",
-                         channels_last=True).eval()
-    model.save_pretrained(tmp_path, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25],
-                          metrics={"mf_ods": 0.712}, protocol="cityscapes-thin",
-                          training={"dataset": "synthetic", "epochs": 8, "lr": 0.1})
+    model = create_model(
+        "dff", backbone="tiny", num_classes=2, learner_resolution="top", channels_last=True
+    ).eval()
+    model.save_pretrained(
+        tmp_path,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        metrics={"mf_ods": 0.712},
+        protocol="cityscapes-thin",
+        training={"dataset": "synthetic", "epochs": 8, "lr": 0.1},
+    )
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert config["format"] == "dynfuse-pretrained" and config["format_version"] == FORMAT_VERSION
     assert config["dynfuse_version"] == dynfuse.__version__
     assert (config["model"], config["backbone"], config["num_classes"]) == ("dff", "tiny", 2)
     assert config["head_options"] == model.head.options.to_dict()
-    assert config["model_options"] == {"channels_last": True, "checkpoint_backbone": False,
-                                       "checkpoint_learner": False}
+    assert config["model_options"] == {
+        "channels_last": True,
+        "checkpoint_backbone": False,
+        "checkpoint_learner": False,
+    }
     assert config["input"]["mean"] == [0.5, 0.5, 0.5] and config["input"]["std"] == [0.25] * 3
     assert config["metrics"] == {"mf_ods": 0.712} and config["protocol"] == "cityscapes-thin"
     assert config["class_names"] is None and config["dtype"] == "float32"
     card = (tmp_path / "README.md").read_text()
-    for text in ("DFF", "tiny", "cityscapes-thin", "0.712", "max_dist=0.0035", "**epochs**: 8",
-                 "names were not given", "library_name: dynfuse"):
+    for text in (
+        "DFF",
+        "tiny",
+        "cityscapes-thin",
+        "0.712",
+        "max_dist=0.0035",
+        "**epochs**: 8",
+        "names were not given",
+        "library_name: dynfuse",
+    ):
         assert text in card, text
     loaded = from_pretrained(tmp_path)
     assert loaded.channels_last and loaded.head.options.learner_resolution == "top"
@@ -173,8 +196,7 @@ def test_module_backbone_cannot_be_saved(tmp_path):
 
 
 def test_custom_norm_layer_cannot_be_saved(tmp_path):
-    model = create_model("dff", backbone="tiny", num_classes=2,
-                         norm_layer=lambda c: nn.GroupNorm(1, c))
+    model = create_model("dff", backbone="tiny", num_classes=2, norm_layer=lambda c: nn.GroupNorm(1, c))
     with pytest.raises(ValueError, match="would not rebuild"):
         model.save_pretrained(tmp_path)
 
@@ -270,8 +292,13 @@ def test_repo_id_downloads_the_snapshot(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
     loaded = from_pretrained("someone/dff-tiny", revision="v1")
     _same_outputs(model, loaded)
-    assert calls == [{"repo_id": "someone/dff-tiny", "revision": "v1",
-                      "allow_patterns": ["config.json", "model.safetensors", "README.md"]}]
+    assert calls == [
+        {
+            "repo_id": "someone/dff-tiny",
+            "revision": "v1",
+            "allow_patterns": ["config.json", "model.safetensors", "README.md"],
+        }
+    ]
 
 
 def test_repo_id_that_cannot_be_downloaded(monkeypatch):
@@ -339,8 +366,21 @@ def test_predict_reads_a_pretrained_folder(tmp_path, capsys):
     folder = model.save_pretrained(tmp_path / "model", mean=mean, std=std, class_names=["x", "y"])
     arrays = _image_folder(tmp_path / "in", [(21, 30)])
     out = tmp_path / "out"
-    assert main([str(folder), str(tmp_path / "in"), "-o", str(out), "--device", "cpu",
-                 "--no-progress", "--no-overlay"]) == 0
+    assert (
+        main(
+            [
+                str(folder),
+                str(tmp_path / "in"),
+                "-o",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--no-overlay",
+            ]
+        )
+        == 0
+    )
     settings = check_manifest(out, num_classes=2)["producer"]["settings"]
     assert settings["checkpoint_layout"] == "pretrained" and settings["mean"] == mean
     assert settings["std"] == std and settings["backbone"] == "tiny"
@@ -366,10 +406,30 @@ def test_train_init_from_a_pretrained_folder(tmp_path):
     torch.manual_seed(5)
     model = _warm(create_model("dff", backbone="tiny", num_classes=3))
     folder = model.save_pretrained(tmp_path / "model")
-    argv = ["--dataset", "synthetic", "--epochs", "1", "--train-length", "4", "--val-length", "1",
-            "--crop-size", "32", "--batch-size", "4", "--val-every", "0", "--no-tensorboard",
-            "--no-progress", "--output-dir", str(tmp_path / "run"), "--num-classes", "3",
-            "--init-from", str(folder)]
+    argv = [
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--train-length",
+        "4",
+        "--val-length",
+        "1",
+        "--crop-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--val-every",
+        "0",
+        "--no-tensorboard",
+        "--no-progress",
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--num-classes",
+        "3",
+        "--init-from",
+        str(folder),
+    ]
     config = parse_config(argv)
     assert config.init_from == str(folder)
     trainer = Trainer(config, ctx=DistContext())
@@ -381,7 +441,8 @@ def test_train_init_from_a_pretrained_folder(tmp_path):
         trainer.close()
     # Another model than the folder's: refused, naming what differs.
     with pytest.raises(CheckpointError, match="num_classes 3 there, 4 here"):
-        Trainer(parse_config([*argv[:-4], "--num-classes", "4", "--init-from", str(folder)]),
-                ctx=DistContext())
+        Trainer(
+            parse_config([*argv[:-4], "--num-classes", "4", "--init-from", str(folder)]), ctx=DistContext()
+        )
     with pytest.raises(CheckpointError, match="learner 'adaptive' there, 'invariant' here"):
         Trainer(parse_config([*argv, "--model-kw", "learner=invariant"]), ctx=DistContext())

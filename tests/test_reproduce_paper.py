@@ -40,8 +40,20 @@ def test_dry_run_prints_each_stage_with_the_papers_settings(tmp_path, capsys):
     from dynfuse.training import DATASET_DEFAULTS
 
     protocol = _protocol("cityscapes")
-    argv = ["cityscapes", "--root", "/data/cs", "--work-dir", str(tmp_path / "w"), "--nproc", "4",
-            "--pretrained-backbone", "r50.pth", "--protocol", protocol, "--dry-run"]
+    argv = [
+        "cityscapes",
+        "--root",
+        "/data/cs",
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--nproc",
+        "4",
+        "--pretrained-backbone",
+        "r50.pth",
+        "--protocol",
+        protocol,
+        "--dry-run",
+    ]
     assert rp.main(argv) == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if not ln.startswith("#")]
@@ -67,8 +79,20 @@ def test_dry_run_prints_each_stage_with_the_papers_settings(tmp_path, capsys):
 
 
 def test_sbd_plan_and_overrides(tmp_path, capsys):
-    argv = ["sbd", "--root", "/d", "--work-dir", "w", "--protocol", _protocol("sbd"), "--dry-run",
-            "--train-args", "--epochs 1 --crop-size 64", "--checkpoint", "given.pt"]
+    argv = [
+        "sbd",
+        "--root",
+        "/d",
+        "--work-dir",
+        "w",
+        "--protocol",
+        _protocol("sbd"),
+        "--dry-run",
+        "--train-args",
+        "--epochs 1 --crop-size 64",
+        "--checkpoint",
+        "given.pt",
+    ]
     assert rp.main(argv) == 0
     out = capsys.readouterr().out
     assert "train_dff.py" not in out  # --checkpoint: no training stage
@@ -79,8 +103,17 @@ def test_sbd_plan_and_overrides(tmp_path, capsys):
 def test_missing_protocol_and_failed_stage_are_named(tmp_path, capsys):
     assert rp.main(["sbd", "--root", "/d", "--work-dir", "w", "--protocol", "nope", "--dry-run"]) == 1
     assert "protocol(s) ['nope'] are not defined" in capsys.readouterr().err
-    argv = ["cityscapes", "--root", str(tmp_path / "absent"), "--work-dir", str(tmp_path / "w"),
-            "--protocol", _protocol("cityscapes"), "--workers", "1"]
+    argv = [
+        "cityscapes",
+        "--root",
+        str(tmp_path / "absent"),
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--protocol",
+        _protocol("cityscapes"),
+        "--workers",
+        "1",
+    ]
     assert rp.main(argv) == 1
     err = capsys.readouterr().err
     assert "absent" in err and "stage 'prepare training labels' failed with exit status 2" in err
@@ -102,9 +135,28 @@ def test_table_is_laid_out_like_the_papers():
     lines = text.splitlines()
     assert lines[1].split() == ["method", *rp.PAPER_COLUMNS["cityscapes"], "mean"]
     paper = lines[2].split()
-    assert paper[-20:] == ["93.3", "86.5", "89.5", "58.2", "64.3", "85.2", "85.5", "84.3", "92.2",
-                           "72.0", "92.6", "91.2", "82.6", "94.9", "60.0", "77.2", "56.9", "74.5",
-                           "86.3", "80.4"]
+    assert paper[-20:] == [
+        "93.3",
+        "86.5",
+        "89.5",
+        "58.2",
+        "64.3",
+        "85.2",
+        "85.5",
+        "84.3",
+        "92.2",
+        "72.0",
+        "92.6",
+        "91.2",
+        "82.6",
+        "94.9",
+        "60.0",
+        "77.2",
+        "56.9",
+        "74.5",
+        "86.3",
+        "80.4",
+    ]
     assert "Table 2" in lines[2]
     ours = lines[3].split()
     assert ours[-20:-1] == [f"{50 + k:.1f}" for k in range(19)] and ours[-1] == "59.0"
@@ -137,8 +189,15 @@ def _full_size_city(root: Path, split: str, city: str, index: int) -> None:
     label[top:700, 700:1000] = 26
     inst[top:700, 700:1000] = 26001
     colours = np.zeros((256, 3), dtype=np.uint8)
-    colours[[23, 11, 7, 26, 1, 2, 3]] = [[70, 130, 180], [70, 70, 70], [128, 64, 128],
-                                         [0, 0, 142], [20, 20, 20], [0, 0, 0], [0, 0, 0]]
+    colours[[23, 11, 7, 26, 1, 2, 3]] = [
+        [70, 130, 180],
+        [70, 70, 70],
+        [128, 64, 128],
+        [0, 0, 142],
+        [20, 20, 20],
+        [0, 0, 0],
+        [0, 0, 0],
+    ]
     ramp = (np.arange(w) // 64).astype(np.uint8)[None, :, None]
     image = colours[label] + ramp
     stem = f"{city}_{index:06d}_000019"
@@ -157,11 +216,29 @@ def test_reproduce_cityscapes_end_to_end_full_size(tmp_path, capsys):
     _full_size_city(root, "train", "aachen", 1)
     _full_size_city(root, "val", "lindau", 0)
     protocol = _protocol("cityscapes")
-    train_args = ("--epochs 1 --batch-size 1 --crop-size 64 --val-every 0 --workers 0 "
-                  "--device cpu --no-tensorboard --no-progress --log-every 1")
-    argv = ["cityscapes", "--root", str(root), "--work-dir", str(work), "--backbone", "tiny",
-            "--protocol", protocol, "--workers", "2", "--device", "cpu",
-            "--train-args", train_args, "--eval-args", "--thresholds 3"]
+    train_args = (
+        "--epochs 1 --batch-size 1 --crop-size 64 --val-every 0 --workers 0 "
+        "--device cpu --no-tensorboard --no-progress --log-every 1"
+    )
+    argv = [
+        "cityscapes",
+        "--root",
+        str(root),
+        "--work-dir",
+        str(work),
+        "--backbone",
+        "tiny",
+        "--protocol",
+        protocol,
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+        "--train-args",
+        train_args,
+        "--eval-args",
+        "--thresholds 3",
+    ]
     assert rp.main(argv) == 0
     out = capsys.readouterr().out
 

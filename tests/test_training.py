@@ -47,11 +47,13 @@ class StandInNet(nn.Module):
     def __init__(self, k: int = 3) -> None:
         super().__init__()
         self.backbone = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.head = nn.ModuleDict({
-            "side5": nn.Conv2d(6, k, 1),
-            "fuse": nn.Conv2d(6 + k, k, 3, padding=1),
-            "drop": nn.Dropout2d(0.2),  # consumes torch RNG: resume must restore it
-        })
+        self.head = nn.ModuleDict(
+            {
+                "side5": nn.Conv2d(6, k, 1),
+                "fuse": nn.Conv2d(6 + k, k, 3, padding=1),
+                "drop": nn.Dropout2d(0.2),  # consumes torch RNG: resume must restore it
+            }
+        )
 
     def forward(self, x: torch.Tensor) -> Out:
         f = self.head["drop"](self.backbone(x))
@@ -84,13 +86,26 @@ class StandInData(torch.utils.data.Dataset):
 def simple_loss(out, edges, valid):
     w = valid[:, None].float()
     bce = nn.functional.binary_cross_entropy_with_logits
-    return (bce(out.side5, edges, weight=w) + bce(out.fuse, edges, weight=w))
+    return bce(out.side5, edges, weight=w) + bce(out.fuse, edges, weight=w)
 
 
 def make_trainer(tmp_path, name: str, *, score: bool = False, **overrides) -> Trainer:
-    cfg = dict(dataset="synthetic", backbone="standin", num_classes=3, epochs=2, batch_size=4,
-               crop_size=12, lr=0.01, output_dir=str(tmp_path / name), log_every=1, val_every=1,
-               tensorboard=False, progress=False, device="cpu", seed=3)
+    cfg = dict(
+        dataset="synthetic",
+        backbone="standin",
+        num_classes=3,
+        epochs=2,
+        batch_size=4,
+        crop_size=12,
+        lr=0.01,
+        output_dir=str(tmp_path / name),
+        log_every=1,
+        val_every=1,
+        tensorboard=False,
+        progress=False,
+        device="cpu",
+        seed=3,
+    )
     cfg.update(overrides)
     config = TrainConfig(**cfg)
 
@@ -99,9 +114,13 @@ def make_trainer(tmp_path, name: str, *, score: bool = False, **overrides) -> Tr
 
     torch.manual_seed(0)  # the stand-in is built here, before the trainer seeds
     return Trainer(
-        config, model=StandInNet(), train_set=StandInData(20, seed=1),
-        val_set=StandInData(5, seed=2, augment=False), loss_fn=simple_loss,
-        scorer=scorer if score else None, ctx=DistContext(),
+        config,
+        model=StandInNet(),
+        train_set=StandInData(20, seed=1),
+        val_set=StandInData(5, seed=2, augment=False),
+        loss_fn=simple_loss,
+        scorer=scorer if score else None,
+        ctx=DistContext(),
     )
 
 
@@ -159,11 +178,9 @@ def test_param_groups_backbone_base_lr_head_ten_times():
 # ---------------------------------------------------------------- config
 def test_dataset_defaults_reproduce_paper():
     cs = parse_config(["--dataset", "cityscapes", "--data-root", "/x"])
-    assert (cs.lr, cs.batch_size, cs.crop_size, cs.epochs, cs.num_classes) == (
-        0.08, 8, 640, 200, 19)
+    assert (cs.lr, cs.batch_size, cs.crop_size, cs.epochs, cs.num_classes) == (0.08, 8, 640, 200, 19)
     sbd = parse_config(["--dataset", "sbd", "--data-root", "/x"])
-    assert (sbd.lr, sbd.batch_size, sbd.crop_size, sbd.epochs, sbd.num_classes) == (
-        0.05, 16, 352, 10, 20)
+    assert (sbd.lr, sbd.batch_size, sbd.crop_size, sbd.epochs, sbd.num_classes) == (0.05, 16, 352, 10, 20)
     for c in (cs, sbd):
         assert (c.momentum, c.weight_decay, c.head_lr_mult, c.poly_power) == (0.9, 1e-4, 10.0, 0.9)
     syn = parse_config(["--lr", "0.02", "--model-kw", "learner=invariant", "--model-kw", "x=3"])
@@ -278,8 +295,9 @@ def test_resume_continues_exactly(tmp_path):
     assert len(want) == 2 * straight.steps_per_epoch == len(got)
     assert got == want  # bitwise identical per-iteration losses
     assert losses(second.history, "val") == losses(straight.history, "val")[1:]
-    for (n, p), q in zip(straight.model.state_dict().items(),
-                         second.model.state_dict().values(), strict=True):
+    for (n, p), q in zip(
+        straight.model.state_dict().items(), second.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(p, q), n
     # the JSONL log of the split run holds both halves, in order
     log = read_jsonl(tmp_path / "split" / "metrics.jsonl", kind="train")
@@ -337,10 +355,11 @@ def test_scoring_maps_half_resolution_matches_block_reference():
     for k in range(3):
         for y in range(3):
             for x in range(5):
-                block = p_ref[k, 2 * y:2 * y + 2, 2 * x:2 * x + 2]
+                block = p_ref[k, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2]
                 assert abs(float(prob[k, y, x]) - float(block.mean())) < 1e-3
-                eb = (edges[k, 2 * y:2 * y + 2, 2 * x:2 * x + 2] > 0.5) & valid[2 * y:2 * y + 2,
-                                                                                 2 * x:2 * x + 2]
+                eb = (edges[k, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2] > 0.5) & valid[
+                    2 * y : 2 * y + 2, 2 * x : 2 * x + 2
+                ]
                 assert bool(gt[k, y, x]) == bool(eb.any())
     with pytest.raises(ValueError, match="val_scale"):
         TrainConfig(val_scale=0.0)
@@ -401,11 +420,24 @@ def test_scorer_returning_reserved_keys_cannot_replace_the_loss(tmp_path):
 
 @pytest.mark.parametrize("scorer, error", [("mf_ods", ValueError), (3, TypeError)])
 def test_scorer_argument_must_be_callable_default_or_none(tmp_path, scorer, error):
-    config = TrainConfig(dataset="synthetic", backbone="standin", num_classes=3, crop_size=12,
-                         output_dir=str(tmp_path / "bad"), tensorboard=False, device="cpu")
+    config = TrainConfig(
+        dataset="synthetic",
+        backbone="standin",
+        num_classes=3,
+        crop_size=12,
+        output_dir=str(tmp_path / "bad"),
+        tensorboard=False,
+        device="cpu",
+    )
     with pytest.raises(error, match="scorer must be a callable, 'default' or None"):
-        Trainer(config, model=StandInNet(), train_set=StandInData(20, seed=1),
-                val_set=StandInData(5, seed=2, augment=False), scorer=scorer, ctx=DistContext())
+        Trainer(
+            config,
+            model=StandInNet(),
+            train_set=StandInData(20, seed=1),
+            val_set=StandInData(5, seed=2, augment=False),
+            scorer=scorer,
+            ctx=DistContext(),
+        )
 
 
 def test_metrics_logger_without_tensorboard(tmp_path, monkeypatch):

@@ -16,9 +16,25 @@ from dynfuse.training.distributed import DistContext
 from dynfuse.training.engine import _param_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--backbone", "tiny", "--num-classes", "3",
-        "--train-length", "8", "--val-length", "2", "--crop-size", "32", "--batch-size", "4",
-        "--val-thresholds", "5", "--no-progress"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--backbone",
+    "tiny",
+    "--num-classes",
+    "3",
+    "--train-length",
+    "8",
+    "--val-length",
+    "2",
+    "--crop-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--val-thresholds",
+    "5",
+    "--no-progress",
+]
 
 
 def _has_eval() -> bool:
@@ -55,10 +71,24 @@ def test_synthetic_two_epochs_end_to_end(tmp_path, capsys):
 
 
 def _config(out: Path, **kw) -> TrainConfig:
-    base = dict(dataset="synthetic", backbone="tiny", num_classes=3, train_length=12,
-                val_length=2, crop_size=32, batch_size=4, epochs=2, log_every=1, val_every=1,
-                val_thresholds=5, output_dir=str(out), tensorboard=False, progress=False,
-                device="cpu", seed=5)
+    base = dict(
+        dataset="synthetic",
+        backbone="tiny",
+        num_classes=3,
+        train_length=12,
+        val_length=2,
+        crop_size=32,
+        batch_size=4,
+        epochs=2,
+        log_every=1,
+        val_every=1,
+        val_thresholds=5,
+        output_dir=str(out),
+        tensorboard=False,
+        progress=False,
+        device="cpu",
+        seed=5,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -68,8 +98,7 @@ def test_resume_matches_uninterrupted_run_real_model(tmp_path):
     straight.fit()
     half = Trainer(_config(tmp_path / "b"), ctx=DistContext())
     half.fit(max_epochs=1)
-    rest = Trainer(_config(tmp_path / "b", resume=str(tmp_path / "b" / "checkpoint.pt")),
-                   ctx=DistContext())
+    rest = Trainer(_config(tmp_path / "b", resume=str(tmp_path / "b" / "checkpoint.pt")), ctx=DistContext())
     assert (rest.epoch, rest.iteration) == (1, 3)
     rest.fit()
     want = [(r["iteration"], r["loss"]) for r in read_jsonl(tmp_path / "a" / "metrics.jsonl", "train")]
@@ -85,10 +114,25 @@ def test_two_process_gloo_ddp(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     # --standalone: a private rendezvous on a free local port (env:// init in each rank)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "examples" / "train_dff.py"),
-           *TINY, "--epochs", "2", "--val-every", "2", "--log-every", "1",
-           "--output-dir", str(out), "--no-tensorboard"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "examples" / "train_dff.py"),
+        *TINY,
+        "--epochs",
+        "2",
+        "--val-every",
+        "2",
+        "--log-every",
+        "1",
+        "--output-dir",
+        str(out),
+        "--no-tensorboard",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ck = load_checkpoint(out / "final.pt")
@@ -118,8 +162,9 @@ def test_resume_refuses_corrupt_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_runs_on_cpu(tmp_path, amp):
-    trainer = Trainer(_config(tmp_path / amp, amp=amp, epochs=1, train_length=4, val_every=0),
-                      ctx=DistContext())
+    trainer = Trainer(
+        _config(tmp_path / amp, amp=amp, epochs=1, train_length=4, val_every=0), ctx=DistContext()
+    )
     trainer.fit()
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     assert all(math.isfinite(r["loss"]) for r in trainer.history if r["kind"] == "train")
@@ -154,12 +199,35 @@ def test_prepared_datasets_train(tmp_path, dataset, k):
     # SBD validation pads to 512 x 512 as the paper does; one small image keeps it quick
     _fake_prepared_root(root, k, {"train": [(30, 44), (41, 36)], "val": [(27, 35)]})
     out = tmp_path / "run"
-    rc = main(["--dataset", dataset, "--data-root", str(root), "--backbone", "tiny",
-               "--crop-size", "24", "--batch-size", "2", "--epochs", "1", "--workers", "0",
-               "--device", "cpu", "--val-thresholds", "3", "--output-dir", str(out),
-               "--no-progress", "--no-tensorboard"])
+    rc = main(
+        [
+            "--dataset",
+            dataset,
+            "--data-root",
+            str(root),
+            "--backbone",
+            "tiny",
+            "--crop-size",
+            "24",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--val-thresholds",
+            "3",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            "--no-tensorboard",
+        ]
+    )
     assert rc == 0
     ck = load_checkpoint(out / "final.pt")
     assert ck["config"]["num_classes"] == k and ck["config"]["lr"] == (
-        0.08 if dataset == "cityscapes" else 0.05)
+        0.08 if dataset == "cityscapes" else 0.05
+    )
     assert len(read_jsonl(out / "metrics.jsonl", kind="val")) == 1

@@ -27,9 +27,27 @@ from dynfuse.training.config import DATASET_DEFAULTS, ConfigError, build_parser,
 from dynfuse.training.optim import poly_factor
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--backbone", "tiny", "--num-classes", "3",
-        "--train-length", "8", "--val-length", "2", "--crop-size", "32", "--batch-size", "4",
-        "--val-thresholds", "3", "--no-progress", "--no-tensorboard", "--no-val-at-start"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--backbone",
+    "tiny",
+    "--num-classes",
+    "3",
+    "--train-length",
+    "8",
+    "--val-length",
+    "2",
+    "--crop-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--val-thresholds",
+    "3",
+    "--no-progress",
+    "--no-tensorboard",
+    "--no-val-at-start",
+]
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -53,18 +71,48 @@ def error_line(stderr: str) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------- one declaration per option
-OLD_FLAGS = ["--dataset", "--data-root", "--crop-size", "--workers", "--train-length",
-             "--val-length", "--cache", "--no-cache", "--model", "--backbone", "--num-classes",
-             "--pretrained-backbone", "--model-kw", "--epochs", "--batch-size", "--lr",
-             "--momentum", "--weight-decay", "--head-lr-mult", "--poly-power", "--amp", "--sync-bn",
-             "--output-dir", "--resume", "--device", "--seed", "--log-every", "--no-tensorboard",
-             "--no-progress", "--val-every", "--val-max-images", "--val-max-dist",
-             "--val-thresholds", "--val-scale", "--val-at-start", "--no-val-at-start"]
+OLD_FLAGS = [
+    "--dataset",
+    "--data-root",
+    "--crop-size",
+    "--workers",
+    "--train-length",
+    "--val-length",
+    "--cache",
+    "--no-cache",
+    "--model",
+    "--backbone",
+    "--num-classes",
+    "--pretrained-backbone",
+    "--model-kw",
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--momentum",
+    "--weight-decay",
+    "--head-lr-mult",
+    "--poly-power",
+    "--amp",
+    "--sync-bn",
+    "--output-dir",
+    "--resume",
+    "--device",
+    "--seed",
+    "--log-every",
+    "--no-tensorboard",
+    "--no-progress",
+    "--val-every",
+    "--val-max-images",
+    "--val-max-dist",
+    "--val-thresholds",
+    "--val-scale",
+    "--val-at-start",
+    "--no-val-at-start",
+]
 
 
 def test_parser_is_generated_from_the_fields_and_keeps_every_flag():
@@ -81,14 +129,24 @@ def test_parser_is_generated_from_the_fields_and_keeps_every_flag():
 
 
 def test_defaults_are_layered_dataclass_dataset_flags():
-    cfg = parse_config(["--dataset", "cityscapes", "--data-root", "/x", "--lr", "0.01",
-                        "--no-progress", "--val-scale", "0.25"])
+    cfg = parse_config(
+        [
+            "--dataset",
+            "cityscapes",
+            "--data-root",
+            "/x",
+            "--lr",
+            "0.01",
+            "--no-progress",
+            "--val-scale",
+            "0.25",
+        ]
+    )
     assert cfg.lr == 0.01 and cfg.val_scale == 0.25 and cfg.progress is False
     assert cfg.batch_size == DATASET_DEFAULTS["cityscapes"]["batch_size"]  # dataset layer
     assert cfg.momentum == TrainConfig().momentum  # dataclass layer
     assert cfg.output_dir == "runs/cityscapes-dff"
-    same = TrainConfig.for_dataset("cityscapes", data_root="/x", lr=0.01, progress=False,
-                                   val_scale=0.25)
+    same = TrainConfig.for_dataset("cityscapes", data_root="/x", lr=0.01, progress=False, val_scale=0.25)
     assert same == cfg
     assert parse_config(["--tensorboard"]).tensorboard is True
     assert parse_config(["--no-tensorboard"]).tensorboard is False
@@ -128,19 +186,25 @@ BAD_FLAGS = {
     "learner": (["--model-kw", "learner=bogus"], "learner must be one of"),
     "model-kw-key": (["--model-kw", "bogus=1"], "unknown option(s) ['bogus']"),
     "model-kw-form": (["--model-kw", "learner"], "argument --model-kw: expects KEY=VALUE"),
-    "big-batch": (["--batch-size", "16"], "argument --batch-size: (global) must be at most the "
-                                          "training set's 8 items, got 16"),
+    "big-batch": (
+        ["--batch-size", "16"],
+        "argument --batch-size: (global) must be at most the training set's 8 items, got 16",
+    ),
     "momentum": (["--momentum", "-0.5"], "argument --momentum: must be in [0, 1), got -0.5"),
     "weight-decay": (["--weight-decay", "-1"], "argument --weight-decay: must be >= 0, got -1.0"),
     "poly-power": (["--poly-power", "-1"], "argument --poly-power: must be >= 0, got -1.0"),
     "head-lr-mult": (["--head-lr-mult", "0"], "argument --head-lr-mult: must be > 0, got 0.0"),
     "no-data-root": (["--dataset", "cityscapes"], "argument --data-root: is required"),
-    "missing-data-root": (["--dataset", "sbd", "--data-root", "/nonexistent/sbd"],
-                          "argument --data-root: '/nonexistent/sbd' is not a directory"),
+    "missing-data-root": (
+        ["--dataset", "sbd", "--data-root", "/nonexistent/sbd"],
+        "argument --data-root: '/nonexistent/sbd' is not a directory",
+    ),
     "lr-inf": (["--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
     "lr-nan": (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
-    "pretrained": (["--pretrained-backbone", "/nonexistent/w.pth"],
-                   "argument --pretrained-backbone: no file at"),
+    "pretrained": (
+        ["--pretrained-backbone", "/nonexistent/w.pth"],
+        "argument --pretrained-backbone: no file at",
+    ),
 }
 
 
@@ -158,9 +222,19 @@ def test_bad_flag_is_one_error_line(tmp_path, case):
 @pytest.mark.slow
 def test_console_entry_point_prints_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "train_dff.py"), "--backbone", "resnet18",
-         "--output-dir", str(tmp_path / "run")],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(ROOT / "examples" / "train_dff.py"),
+            "--backbone",
+            "resnet18",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "unknown backbone 'resnet18'" in error_line(proc.stderr)
 
@@ -186,8 +260,9 @@ def test_allowed_change_is_applied_and_recorded(tmp_path):
     steps = first.steps_per_epoch
     config_before = (tmp_path / "run" / "config.json").read_bytes()
     with pytest.warns(UserWarning, match="lr 0.01 -> 0.05"):
-        resumed = make_trainer(tmp_path, "run", resume="auto", lr=0.05, momentum=0.5,
-                               allow_changed_config=True)
+        resumed = make_trainer(
+            tmp_path, "run", resume="auto", lr=0.05, momentum=0.5, allow_changed_config=True
+        )
     # until the next checkpoint lands, config.json describes the checkpoint in the folder
     assert (tmp_path / "run" / "config.json").read_bytes() == config_before
     backbone, head = resumed.optimizer.param_groups
@@ -203,7 +278,9 @@ def test_allowed_change_is_applied_and_recorded(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["lr"] == 0.05 and config["momentum"] == 0.5
     assert {(c["field"], c["old"], c["new"], c["epoch"]) for c in config["config_changes"]} == {
-        ("lr", 0.01, 0.05, 1), ("momentum", 0.9, 0.5, 1)}
+        ("lr", 0.01, 0.05, 1),
+        ("momentum", 0.9, 0.5, 1),
+    }
     ck = load_checkpoint(tmp_path / "run" / "final.pt")
     assert ck["config"]["lr"] == 0.05 and len(ck["config_changes"]) == 2
 
@@ -212,16 +289,15 @@ def test_cli_resume_takes_the_checkpoints_settings_for_flags_not_given(tmp_path)
     out = tmp_path / "run"
     assert run_cli([*TINY, "--epochs", "1", "--lr", "0.05", "--output-dir", str(out)])[0] == 0
     with pytest.warns(UserWarning, match="re-planned"):
-        rc, stdout, err = run_cli(["--resume", "auto", "--output-dir", str(out), "--epochs", "2",
-                                   "--no-progress"])
+        rc, stdout, err = run_cli(
+            ["--resume", "auto", "--output-dir", str(out), "--epochs", "2", "--no-progress"]
+        )
     assert rc == 0, err
     assert "resumed from" in stdout and "epoch 2/2" in stdout
     ck = load_checkpoint(out / "final.pt")
-    assert (ck["config"]["lr"], ck["config"]["num_classes"], ck["config"]["crop_size"]) == (
-        0.05, 3, 32)
+    assert (ck["config"]["lr"], ck["config"]["num_classes"], ck["config"]["crop_size"]) == (0.05, 3, 32)
     # a flag given with another value is still a change
-    rc, _, err = run_cli(["--resume", "auto", "--output-dir", str(out), "--epochs", "3",
-                          "--lr", "0.1"])
+    rc, _, err = run_cli(["--resume", "auto", "--output-dir", str(out), "--epochs", "3", "--lr", "0.1"])
     assert rc == 2 and "--lr: 0.05 (checkpoint) -> 0.1 (now)" in err
 
 
@@ -280,9 +356,11 @@ def test_sigkill_during_validation_keeps_the_epoch(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.run(
         [sys.executable, "-c", _KILL_IN_VALIDATION, *args, "--output-dir", str(killed)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT), KILL_AT_EPOCH="1",
-                 THREADS=str(torch.get_num_threads())),
-        capture_output=True, text=True, timeout=240)
+        env=dict(os.environ, PYTHONPATH=str(ROOT), KILL_AT_EPOCH="1", THREADS=str(torch.get_num_threads())),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     ck = load_checkpoint(killed / "checkpoint.pt")
     assert (ck["epoch"], ck["iteration"], ck["val_pending"]) == (1, 2, True)
@@ -306,8 +384,10 @@ def test_resume_of_a_finished_run_says_nothing_to_do(tmp_path):
     before = snapshot(out)
     rc, stdout, stderr = run_cli([*args, "--resume", "auto"])
     assert rc == 0 and stderr == ""
-    assert stdout.strip() == f"dynfuse-train: nothing to do: {out} finished at epoch 1 " \
-                             "(give a larger --epochs to train on)"
+    assert (
+        stdout.strip() == f"dynfuse-train: nothing to do: {out} finished at epoch 1 "
+        "(give a larger --epochs to train on)"
+    )
     assert snapshot(out) == before
 
 

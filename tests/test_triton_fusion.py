@@ -88,8 +88,9 @@ def check_against_oracle(side5, sides, weights, grad, activation):
     cpu = [t.detach().cpu().double() for t in (side5, sides, weights, grad)]
     assert_matches(out, oracle_fuse(*cpu[:3], activation), side5.dtype, "forward")
     wgrads = oracle_grads(*cpu, activation)
-    for name, got, wg, inp in zip(("side5", "sides", "weights"), grads, wgrads, (side5, sides,
-                                  weights), strict=True):
+    for name, got, wg, inp in zip(
+        ("side5", "sides", "weights"), grads, wgrads, (side5, sides, weights), strict=True
+    ):
         assert got.shape == inp.shape and got.dtype == inp.dtype, name
         assert_matches(got, wg, inp.dtype, f"d {name}")
 
@@ -190,8 +191,11 @@ def test_interpreter_flat_learner_weights(activation, interpret, small_blocks):
     assert dflat.shape == flat.shape
     wg = oracle_grads(side5, sides, weights5, grad, activation)
     assert_matches(out, oracle_fuse(side5, sides, weights5, activation), torch.float32, "forward")
-    for name, got, want in (("side5", d5, wg[0]), ("sides", ds, wg[1]),
-                            ("weights", dflat, wg[2].reshape(flat.shape))):
+    for name, got, want in (
+        ("side5", d5, wg[0]),
+        ("sides", ds, wg[1]),
+        ("weights", dflat, wg[2].reshape(flat.shape)),
+    ):
         assert_matches(got, want, torch.float32, f"d {name}")
 
 
@@ -273,8 +277,7 @@ def _python(code: str, interpret: bool | None = None) -> subprocess.CompletedPro
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_package_imports_and_reports_without_triton():
@@ -366,8 +369,7 @@ GPU_CASES = [
 @pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
 def test_gpu_matches_oracle(case, dtype, poison):
     b, k, s, h, w, form, activation, layout = case
-    side5, sides, weights = make_inputs(b, k, s, h, w, form, layout=layout, device="cuda",
-                                        dtype=dtype)
+    side5, sides, weights = make_inputs(b, k, s, h, w, form, layout=layout, device="cuda", dtype=dtype)
     grad = (torch.randn(b, k, h, w, device="cuda") + 0.2).to(dtype)
     check_against_oracle(side5, sides, weights, grad, activation)
 
@@ -414,17 +416,13 @@ def test_gpu_more_than_2_31_elements():
         pytest.skip("needs 40 GB of GPU memory")
     b, k, s, h, w = 1, 1100, 1, 1024, 2048  # 2.3e9 elements per (B, K, H, W) tensor, bfloat16
     dev, dt = "cuda", torch.bfloat16
-    side5 = torch.randn(b, k, h, w, device=dev, dtype=dt).contiguous(
-        memory_format=torch.channels_last
-    )
+    side5 = torch.randn(b, k, h, w, device=dev, dtype=dt).contiguous(memory_format=torch.channels_last)
     sides = torch.randn(b, s, h, w, device=dev, dtype=dt)
     weights = torch.randn(k, s + 1, device=dev, dtype=dt, requires_grad=True)
     side5.requires_grad_()
 
     def want(c):
-        return weights[c, 0].float() * side5[0, c].float() + weights[c, 1].float() * sides[
-            0, 0
-        ].float()
+        return weights[c, 0].float() * side5[0, c].float() + weights[c, 1].float() * sides[0, 0].float()
 
     out = dynamic_fuse(side5, sides, weights, backend="triton")
     for c in (0, 7, k - 1):
@@ -453,8 +451,9 @@ class _TinyHead(torch.nn.Module):
     def forward(self, x):
         b, _, h, w = x.shape
         weights = self.weights(x).view(b, self.k, self.s + 1, h, w)
-        return dynamic_fuse(self.side5(x), self.sides(x), weights, activation=self.activation,
-                            backend="triton")
+        return dynamic_fuse(
+            self.side5(x), self.sides(x), weights, activation=self.activation, backend="triton"
+        )
 
 
 @needs_cuda

@@ -185,8 +185,9 @@ def test_plot_fusion_weights_names_and_forms():
     assert any(t.startswith("Side5 (class 2)") for t in texts) and any(t.startswith("Side4") for t in texts)
     # softmax over the S+1 inputs: the weights shown sum to 1 at every location
     fig = plot_fusion_weights(w, 2, activation="softmax")
-    shown = [ax.images[0].get_array() for ax in fig.axes
-             if ax.images and ax.images[0].get_cmap().name == "viridis"]
+    shown = [
+        ax.images[0].get_array() for ax in fig.axes if ax.images and ax.images[0].get_cmap().name == "viridis"
+    ]
     np.testing.assert_allclose(np.sum(shown, axis=0), 1.0, atol=1e-6)
     assert "fusion weight (after softmax)" in _texts(fig)
     # one class given as (S+1, H, W), with a label
@@ -255,8 +256,15 @@ def _write_metrics(path, records, tail=""):
 
 def _run(**extra):
     recs = [
-        {"kind": "val", "epoch": 0, "iteration": 0, "loss": 1.6, "mf_ods": 0.1, "mf_ois": 0.12,
-         "mean_ap": 0.03},
+        {
+            "kind": "val",
+            "epoch": 0,
+            "iteration": 0,
+            "loss": 1.6,
+            "mf_ods": 0.1,
+            "mf_ois": 0.12,
+            "mean_ap": 0.03,
+        },
         {"kind": "train", "epoch": 1, "iteration": 2, "loss": 1.5, "lr": 0.1, "images_per_s": 40.0},
         {"kind": "train", "epoch": 1, "iteration": 4, "loss": 1.1, "lr": 0.1, "images_per_s": 42.0},
         {"kind": "epoch", "epoch": 1, "iteration": 4, "loss": 1.3, "images_per_s": 30.0, "seconds": 1.0},
@@ -264,8 +272,15 @@ def _run(**extra):
         {"kind": "train", "epoch": 2, "iteration": 6, "loss": "nan", "images_per_s": 41.0},
         {"kind": "train", "epoch": 2, "iteration": 8, "loss": 0.8},
         {"kind": "epoch", "epoch": 2, "iteration": 8, "loss": 0.9},  # no images_per_s: tolerated
-        {"kind": "val", "epoch": 2, "iteration": 8, "loss": 0.7, "mf_ods": 0.5, "ap": 0.4,
-         "scoring_error": None},
+        {
+            "kind": "val",
+            "epoch": 2,
+            "iteration": 8,
+            "loss": 0.7,
+            "mf_ods": 0.5,
+            "ap": 0.4,
+            "scoring_error": None,
+        },
         {"kind": "note", "text": "other kinds are ignored"},
     ]
     return recs
@@ -318,12 +333,16 @@ def test_load_metrics_drops_what_a_killed_attempt_wrote_past_the_resume_point(tm
     from dynfuse.viz import load_metrics
 
     recs = _run()[:5]  # epoch 1 finished and checkpointed
-    killed = [{"kind": "train", "epoch": 2, "iteration": 6, "loss": 9.0},
-              {"kind": "train", "epoch": 2, "iteration": 8, "loss": 9.0},
-              {"kind": "epoch", "epoch": 2, "iteration": 8, "loss": 9.0}]  # died before its checkpoint
-    resumed = [{"kind": "train", "epoch": 2, "iteration": 6, "loss": 0.8},
-               {"kind": "train", "epoch": 2, "iteration": 8, "loss": 0.7},
-               {"kind": "epoch", "epoch": 2, "iteration": 8, "loss": 0.75}]
+    killed = [
+        {"kind": "train", "epoch": 2, "iteration": 6, "loss": 9.0},
+        {"kind": "train", "epoch": 2, "iteration": 8, "loss": 9.0},
+        {"kind": "epoch", "epoch": 2, "iteration": 8, "loss": 9.0},
+    ]  # died before its checkpoint
+    resumed = [
+        {"kind": "train", "epoch": 2, "iteration": 6, "loss": 0.8},
+        {"kind": "train", "epoch": 2, "iteration": 8, "loss": 0.7},
+        {"kind": "epoch", "epoch": 2, "iteration": 8, "loss": 0.75},
+    ]
     _write_metrics(tmp_path / "metrics.jsonl", recs + killed + resumed)
     m = load_metrics(tmp_path)
     assert [r["loss"] for r in m["train"]] == [1.5, 1.1, 0.8, 0.7]
@@ -337,11 +356,14 @@ def test_load_metrics_bad_files_are_named(tmp_path):
     with pytest.raises(MetricsFileError, match="no metrics file .*metrics.jsonl"):
         load_metrics(tmp_path)
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"kind": "train", "epoch": 1, "iteration": 1, "loss": 1}\n{"kind": "tr\n'
-                    '{"kind": "epoch", "epoch": 1, "iteration": 1}\n', encoding="utf-8")
+    path.write_text(
+        '{"kind": "train", "epoch": 1, "iteration": 1, "loss": 1}\n{"kind": "tr\n'
+        '{"kind": "epoch", "epoch": 1, "iteration": 1}\n',
+        encoding="utf-8",
+    )
     with pytest.raises(MetricsFileError, match=r"metrics.jsonl, line 2: not a JSON record"):
         load_metrics(path)
-    path.write_text('[1, 2]\n', encoding="utf-8")
+    path.write_text("[1, 2]\n", encoding="utf-8")
     with pytest.raises(MetricsFileError, match="line 1: expected a JSON object with a 'kind'"):
         load_metrics(path)
     path.write_text('{"kind": "note"}\n\n', encoding="utf-8")
@@ -408,7 +430,7 @@ def test_contact_sheet_layout():
     line = 20
     assert sheet.shape == (line + (10 + line + 6) + (6 + line + 6) + 6, 20 * 3 + 6 * 4, 3)
     y0 = line + line  # header line, row name line
-    assert (sheet[y0:y0 + 10, 6:26] == [255, 0, 0]).all()  # row a, column 0
+    assert (sheet[y0 : y0 + 10, 6:26] == [255, 0, 0]).all()  # row a, column 0
     assert (sheet[y0 + 9, 32 + 10] == [200, 200, 200]).all()  # the missing tile is grey
     assert (sheet[:line] < 128).any()  # column titles are drawn
     with pytest.raises(ValueError, match="2 tiles for 3 columns"):

@@ -43,9 +43,7 @@ def _as_list(out: Any, where: str) -> list[torch.Tensor]:
     elif isinstance(out, Mapping):
         out = list(out.values())
     if not isinstance(out, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in out):
-        raise TypeError(
-            f"{where} must return a list/tuple/dict of tensors, got {type(out).__name__}"
-        )
+        raise TypeError(f"{where} must return a list/tuple/dict of tensors, got {type(out).__name__}")
     return list(out)
 
 
@@ -91,9 +89,7 @@ class FeatureListBackbone(nn.Module):
             return feats
         bad = [i for i in self.indices if not -len(feats) <= i < len(feats)]
         if bad:
-            raise ValueError(
-                f"indices {bad} out of range for a module returning {len(feats)} features"
-            )
+            raise ValueError(f"indices {bad} out of range for a module returning {len(feats)} features")
         return [feats[i] for i in self.indices]
 
     @torch.no_grad()
@@ -115,14 +111,11 @@ class FeatureListBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         feats = self._select(_as_list(self.body(x), "module"))
         if len(feats) != len(self.feature_info):
             raise ValueError(
-                f"module returned {len(feats)} features, feature_info describes "
-                f"{len(self.feature_info)}"
+                f"module returned {len(feats)} features, feature_info describes {len(self.feature_info)}"
             )
         return feats
 
@@ -159,9 +152,7 @@ class TimmBackbone(nn.Module):
             try:
                 import timm
             except ImportError as exc:  # optional dependency
-                raise ImportError(
-                    "TimmBackbone needs timm: pip install 'dynfuse[timm]'"
-                ) from exc
+                raise ImportError("TimmBackbone needs timm: pip install 'dynfuse[timm]'") from exc
             kwargs = dict(timm_kwargs)
             if out_indices is not None:
                 kwargs["out_indices"] = tuple(int(i) for i in out_indices)
@@ -186,8 +177,7 @@ class TimmBackbone(nn.Module):
             info = model.feature_info
             n = len(info.channels())
             self.indices = (
-                tuple(int(i) for i in out_indices) if out_indices is not None
-                else default_dff_indices(n)
+                tuple(int(i) for i in out_indices) if out_indices is not None else default_dff_indices(n)
             )
         else:
             raise TypeError(f"model must be a timm model name or module, got {type(model)}")
@@ -206,9 +196,7 @@ class TimmBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         feats = _as_list(self.body(x), "timm model")
         if self.indices is not None:
             feats = [feats[i] for i in self.indices]

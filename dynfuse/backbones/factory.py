@@ -60,7 +60,7 @@ def create_backbone(
     if name in _BACKBONES:
         return _BACKBONES[name](pretrained, norm_layer=norm_layer, checkpoint_stages=checkpoint)
     if name.startswith("timm:"):
-        timm_name = backbone[len("timm:"):]
+        timm_name = backbone[len("timm:") :]
         if not timm_name:
             raise ValueError("give a timm model name after 'timm:', e.g. 'timm:resnet50'")
         if norm_layer is not None:
@@ -99,7 +99,7 @@ def backbone_from_config(config: Mapping[str, Any]) -> nn.Module:
     if name in builders:
         return builders[name](**kwargs)
     if name.startswith("timm:") and len(name) > len("timm:"):
-        return TimmBackbone(name[len("timm:"):], **kwargs)
+        return TimmBackbone(name[len("timm:") :], **kwargs)
     raise ValueError(
         f"unknown backbone {name!r} in the config: use 'resnet50', 'resnet101', 'tiny' or 'timm:<name>'"
     )

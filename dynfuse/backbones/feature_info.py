@@ -30,9 +30,7 @@ class FeatureInfo(list):
             for key in ("num_chs", "reduction"):
                 value = entry.get(key)
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise ValueError(
-                        f"feature_info[{i}][{key!r}] must be a positive int, got {value!r}"
-                    )
+                    raise ValueError(f"feature_info[{i}][{key!r}] must be a positive int, got {value!r}")
             item = dict(entry)
             item.setdefault("module", f"feature{i}")
             checked.append(item)
@@ -52,12 +50,8 @@ class FeatureInfo(list):
                 f"{len(reductions)}"
             )
         if modules is not None and len(modules) != len(channels):
-            raise ValueError(
-                f"modules must have one name per feature ({len(channels)}), got {len(modules)}"
-            )
-        names = (
-            list(modules) if modules is not None else [f"feature{i}" for i in range(len(channels))]
-        )
+            raise ValueError(f"modules must have one name per feature ({len(channels)}), got {len(modules)}")
+        names = list(modules) if modules is not None else [f"feature{i}" for i in range(len(channels))]
         return cls(
             {"num_chs": int(c), "reduction": int(r), "module": m}
             for c, r, m in zip(channels, reductions, names, strict=True)

@@ -57,7 +57,5 @@ def read_state_dict(
         obj = source
         where = "the given mapping"
     else:
-        raise TypeError(
-            f"source must be a path or a mapping (state dict), got {type(source).__name__}"
-        )
+        raise TypeError(f"source must be a path or a mapping (state dict), got {type(source).__name__}")
     return extract_model_state(obj, nested_keys=nested_keys, where=where)

@@ -151,8 +151,12 @@ class DilatedResNet(nn.Module):
         super().__init__()
         if block not in _BLOCKS:
             raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
-        for name, seq in (("layers", layers), ("widths", widths), ("strides", strides),
-                          ("dilations", dilations)):
+        for name, seq in (
+            ("layers", layers),
+            ("widths", widths),
+            ("strides", strides),
+            ("dilations", dilations),
+        ):
             if len(seq) != 4 or any(int(v) < 1 for v in seq):
                 raise ValueError(f"{name} must hold 4 positive ints (one per stage), got {seq!r}")
         norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
@@ -203,9 +207,7 @@ class DilatedResNet(nn.Module):
                 norm_layer(out_channels),
             )
         mods = [block_cls(in_channels, planes, stride, dilation, downsample, norm_layer)]
-        mods += [
-            block_cls(out_channels, planes, 1, dilation, None, norm_layer) for _ in range(1, blocks)
-        ]
+        mods += [block_cls(out_channels, planes, 1, dilation, None, norm_layer) for _ in range(1, blocks)]
         return nn.Sequential(*mods), out_channels
 
     def _init_weights(self) -> None:
@@ -230,9 +232,7 @@ class DilatedResNet(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         c1 = self._run(self._stem, self.bn1, x)
         x = self.maxpool(c1)
         c2 = self._run(self.layer1, self.layer1, x)
@@ -292,8 +292,10 @@ def dilated_resnet50(
     ``pretrained``: None, or a local torchvision ``resnet50`` ImageNet file (or its state dict).
     Nothing is downloaded.
     """
-    return _record(_build((3, 4, 6, 3), pretrained, norm_layer=norm_layer,
-                          checkpoint_stages=checkpoint_stages), "resnet50")
+    return _record(
+        _build((3, 4, 6, 3), pretrained, norm_layer=norm_layer, checkpoint_stages=checkpoint_stages),
+        "resnet50",
+    )
 
 
 def dilated_resnet101(
@@ -303,8 +305,10 @@ def dilated_resnet101(
     checkpoint_stages: bool = False,
 ) -> DilatedResNet:
     """Dilated ResNet-101 (features 64/256/512/2048 at strides 1/2/4/8); see dilated_resnet50."""
-    return _record(_build((3, 4, 23, 3), pretrained, norm_layer=norm_layer,
-                          checkpoint_stages=checkpoint_stages), "resnet101")
+    return _record(
+        _build((3, 4, 23, 3), pretrained, norm_layer=norm_layer, checkpoint_stages=checkpoint_stages),
+        "resnet101",
+    )
 
 
 def dilated_resnet_tiny(
@@ -322,8 +326,12 @@ def dilated_resnet_tiny(
     dict file of this same architecture (e.g. one you saved), or None.
     """
     model = DilatedResNet(
-        "basic", (1, 1, 1, 1), widths=widths, stem_channels=widths[0],
-        norm_layer=norm_layer, checkpoint_stages=checkpoint_stages,
+        "basic",
+        (1, 1, 1, 1),
+        widths=widths,
+        stem_channels=widths[0],
+        norm_layer=norm_layer,
+        checkpoint_stages=checkpoint_stages,
     )
     if pretrained is not None:
         load_state_dict_checked(model, read_state_dict(pretrained), what="tiny backbone weights")

@@ -146,9 +146,7 @@ def encode_edge_bin(edges: Any, ignore: Any = None) -> np.ndarray:
             ignore = ignore.detach().cpu().numpy()
         ign = np.asarray(ignore)
         if ign.shape != (h, w) or ign.dtype != np.bool_:
-            raise ValueError(
-                f"ignore: expected a bool ({h}, {w}) mask, got {ign.dtype} {ign.shape}"
-            )
+            raise ValueError(f"ignore: expected a bool ({h}, {w}) mask, got {ign.dtype} {ign.shape}")
         out[ign] = _IGNORE_BIT  # no class bit on an ignored pixel, as gen_label.m
     return out
 

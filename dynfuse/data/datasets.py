@@ -24,7 +24,6 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD
 __all__ = ["EdgeListDataset", "Cityscapes", "SBD", "CITYSCAPES_CLASSES", "SBD_CLASSES"]
 
 
-
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB; EdgeLabelError naming the file when unreadable."""
     from PIL import Image
@@ -45,9 +44,7 @@ def read_file_list(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]
             if not parts:
                 continue
             if len(parts) > 2:
-                raise ValueError(
-                    f"{os.fspath(path)}:{number}: expected 'IMAGE [EDGE]', got {line.strip()!r}"
-                )
+                raise ValueError(f"{os.fspath(path)}:{number}: expected 'IMAGE [EDGE]', got {line.strip()!r}")
             image = parts[0].lstrip("/")
             edge = parts[1].lstrip("/") if len(parts) == 2 else None
             entries.append((image, edge))
@@ -95,8 +92,7 @@ class EdgeListDataset(EdgeDataset):
         if not lst.is_file():
             available = sorted(p.stem for p in self.root.glob("*.txt"))
             raise FileNotFoundError(
-                f"split: no file list {os.fspath(lst)!r} for split {split!r} "
-                f"(lists in root: {available})"
+                f"split: no file list {os.fspath(lst)!r} for split {split!r} (lists in root: {available})"
             )
         self.entries = read_file_list(lst)
         if not self.entries:

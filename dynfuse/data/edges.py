@@ -55,8 +55,10 @@ def _as_int_map(value: Any, name: str, shape: tuple[int, ...] | None = None) -> 
     if arr.dtype == np.bool_:
         arr = arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(
-            arr == np.round(arr)
+        if (
+            np.issubdtype(arr.dtype, np.floating)
+            and np.all(np.isfinite(arr))
+            and np.all(arr == np.round(arr))
         ):
             arr = arr.astype(np.int64)
         else:
@@ -73,8 +75,7 @@ def _ignore_mask(ignore: Any, labels: np.ndarray) -> np.ndarray:
     if isinstance(ignore, np.ndarray) and ignore.dtype == np.bool_:
         if ignore.shape != labels.shape:
             raise ValueError(
-                f"ignore: a bool mask must have shape {labels.shape} (as label_map), "
-                f"got {ignore.shape}"
+                f"ignore: a bool mask must have shape {labels.shape} (as label_map), got {ignore.shape}"
             )
         return ignore
     if isinstance(ignore, (int, np.integer)) and not isinstance(ignore, bool):

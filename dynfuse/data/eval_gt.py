@@ -136,8 +136,7 @@ def sbd_eval_gt_raw(
     inst_seg = np.asarray(inst_segmentation).astype(np.int64)
     if cls_seg.ndim != 2 or cls_seg.shape != inst_seg.shape:
         raise ValueError(
-            f"segmentations: expected two (H, W) maps of one size, got {cls_seg.shape} and "
-            f"{inst_seg.shape}"
+            f"segmentations: expected two (H, W) maps of one size, got {cls_seg.shape} and {inst_seg.shape}"
         )
     labels = cls_seg - 1
     labels[(labels < 0) | (labels >= 20)] = -1
@@ -173,9 +172,7 @@ def sbd_eval_gt_thin(
     cats = np.atleast_1d(np.asarray(categories)).astype(np.int64).ravel()
     inst_maps = [_dense_bool(b) for b in inst_boundaries]
     if len(inst_maps) != cats.size:
-        raise ValueError(
-            f"GTinst: {len(inst_maps)} instance boundary maps for {cats.size} categories"
-        )
+        raise ValueError(f"GTinst: {len(inst_maps)} instance boundary maps for {cats.size} categories")
     for m in (*cls_maps, *inst_maps):
         if m.shape != shape:
             raise ValueError(f"boundary maps differ in size: {m.shape} and {shape}")

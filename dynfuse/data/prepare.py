@@ -415,9 +415,7 @@ def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> Non
 
 
 def _write_list(path: Path, rows: Iterable[tuple[Path, Path]], root: Path) -> None:
-    lines = [
-        f"{a.relative_to(root).as_posix()} {b.relative_to(root).as_posix()}\n" for a, b in rows
-    ]
+    lines = [f"{a.relative_to(root).as_posix()} {b.relative_to(root).as_posix()}\n" for a, b in rows]
     atomic_write_text(path, "".join(lines))
 
 
@@ -655,8 +653,10 @@ def _prepare_eval_gt(args: argparse.Namespace, out: Path, num_classes: int) -> i
             if not args.quiet:
                 for variant in variants:
                     for kind in EVAL_GT_KINDS:
-                        print(f"dynfuse-prepare: {split}: {len(items)} GT maps -> "
-                              f"{eval_gt_dir(out, variant, kind, split)}")
+                        print(
+                            f"dynfuse-prepare: {split}: {len(items)} GT maps -> "
+                            f"{eval_gt_dir(out, variant, kind, split)}"
+                        )
     return 1 if failed else 0
 
 

@@ -124,9 +124,7 @@ def render_scene(
         mask = _shape_mask(rng, yy, xx, extent)
         k = int(rng.integers(num_classes))
         hue = (k / num_classes + rng.uniform(-jitter, jitter)) % 1.0
-        colour = np.array(
-            colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 0.95), rng.uniform(0.65, 0.95))
-        )
+        colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 0.95), rng.uniform(0.65, 0.95)))
         image[mask] = colour + _stripes(rng, yy, xx, 0.07)[mask][:, None]
         labels[mask] = k
         instances[mask] = inst

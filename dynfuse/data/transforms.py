@@ -92,18 +92,14 @@ def check_sample(sample: Any) -> tuple[int, int]:
             raise TypeError(f"sample[{key!r}]: expected a torch.Tensor, got {type(sample[key])}")
     image, edges, valid = sample["image"], sample["edges"], sample["valid"]
     if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
-        raise ValueError(
-            f"sample['image']: expected float (3, H, W), got {image.dtype} {tuple(image.shape)}"
-        )
+        raise ValueError(f"sample['image']: expected float (3, H, W), got {image.dtype} {tuple(image.shape)}")
     h, w = image.shape[1:]
     if edges.dim() != 3 or edges.shape[1:] != (h, w) or edges.dtype != torch.bool:
         raise ValueError(
             f"sample['edges']: expected bool (K, {h}, {w}), got {edges.dtype} {tuple(edges.shape)}"
         )
     if valid.shape != (h, w) or valid.dtype != torch.bool:
-        raise ValueError(
-            f"sample['valid']: expected bool ({h}, {w}), got {valid.dtype} {tuple(valid.shape)}"
-        )
+        raise ValueError(f"sample['valid']: expected bool ({h}, {w}), got {valid.dtype} {tuple(valid.shape)}")
     return int(h), int(w)
 
 
@@ -114,9 +110,9 @@ def _resize(sample: Sample, size: tuple[int, int]) -> Sample:
     out = dict(sample)
     image = sample["image"][None].float()
     # Antialiased bilinear, like PIL's BILINEAR resize the authors use.
-    out["image"] = F.interpolate(
-        image, size=size, mode="bilinear", align_corners=False, antialias=True
-    )[0].clamp_(0.0, 1.0)
+    out["image"] = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)[
+        0
+    ].clamp_(0.0, 1.0)
     labels = torch.cat([sample["edges"], sample["valid"][None]], dim=0)[None].to(torch.uint8)
     # "nearest-exact" samples at pixel centres, like PIL's NEAREST.
     labels = F.interpolate(labels, size=size, mode="nearest-exact")[0].bool()
@@ -169,9 +165,7 @@ class RandomScale:
         self.scales: tuple[float, ...] | None = None
         if short_side is not None:
             if len(short_side) != 2 or not all(int(s) == s and s >= 1 for s in short_side):
-                raise ValueError(
-                    f"short_side: expected (low, high) positive ints, got {short_side}"
-                )
+                raise ValueError(f"short_side: expected (low, high) positive ints, got {short_side}")
             low, high = int(short_side[0]), int(short_side[1])
             if low > high:
                 raise ValueError(f"short_side: expected low <= high, got {(low, high)}")
@@ -316,9 +310,7 @@ class CenterCrop:
 class Normalize:
     """``image = (image - mean) / std`` per channel (ImageNet statistics by default)."""
 
-    def __init__(
-        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-    ) -> None:
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean/std: expected 3 values each, got {len(mean)} and {len(std)}")
         if any(not s > 0 for s in std):

@@ -99,9 +99,7 @@ def evaluate_image(
         if settings.nms:
             pk = edge_nms(pk)
         keep = None if sk is None else kill_internal_mask(gk, sk, settings.max_dist)
-        out[k] = image_class_counts(
-            pk, gk, thr, max_dist=settings.max_dist, thin=settings.thin, keep=keep
-        )
+        out[k] = image_class_counts(pk, gk, thr, max_dist=settings.max_dist, thin=settings.thin, keep=keep)
     return out
 
 
@@ -132,9 +130,7 @@ def resize_notice(sizes: dict[tuple[tuple[int, int], tuple[int, int]], int], met
         "bilinear": "bilinear (PIL)",
         "nearest": "nearest (PIL, as pyedgeeval)",
     }.get(method, method)
-    parts = [
-        f"{n} image(s) {ph}x{pw} -> {gh}x{gw}" for ((ph, pw), (gh, gw)), n in sorted(sizes.items())
-    ]
+    parts = [f"{n} image(s) {ph}x{pw} -> {gh}x{gw}" for ((ph, pw), (gh, gw)), n in sorted(sizes.items())]
     return (
         f"predictions of another size than their ground truth were resized to the GT size with {how}: "
         + "; ".join(parts)
@@ -244,12 +240,10 @@ class EvalResult:
         lines = [f"{'class':>16} {'ODS':>6} {'OIS':>6} {'AP':>6}"]
         for k, name in enumerate(self.class_names):
             lines.append(
-                f"{name[:16]:>16} {100 * self.ods[k]:6.1f} {100 * self.ois[k]:6.1f} "
-                f"{100 * self.ap[k]:6.1f}"
+                f"{name[:16]:>16} {100 * self.ods[k]:6.1f} {100 * self.ois[k]:6.1f} {100 * self.ap[k]:6.1f}"
             )
         lines.append(
-            f"{'mean':>16} {100 * self.mf_ods:6.1f} {100 * self.mf_ois:6.1f} "
-            f"{100 * self.mean_ap:6.1f}"
+            f"{'mean':>16} {100 * self.mf_ods:6.1f} {100 * self.mf_ois:6.1f} {100 * self.mean_ap:6.1f}"
         )
         lines.append(
             "AP: the authors' (collect_eval_bdry.m: precision interpolated at recall 0:0.01:1); "

@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-classes", type=int, required=True, help="K (19 Cityscapes, 20 SBD)")
     ap.add_argument("--out", default=None, help="output folder (summary.json, PR CSVs, cache)")
     ap.add_argument(
-        "--protocol", choices=sorted(PROTOCOLS), default=DEFAULT_PROTOCOL,
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default=DEFAULT_PROTOCOL,
         help="the authors' settings (docs/evaluation.md has the table): dff-cityscapes-thin/-raw "
         "(0.02, GT at half resolution; default), dff-sbd-thin/-raw (0.02, margin 5), "
         "seal-cityscapes-thin/-raw (0.0035), seal-sbd (0.02, margin 5), dff-evaluation-default "
@@ -45,21 +47,42 @@ def build_parser() -> argparse.ArgumentParser:
     thin_gt.add_argument("--thin-gt", dest="thin_gt", action="store_true", default=None)
     thin_gt.add_argument("--no-thin-gt", dest="thin_gt", action="store_false")
     ap.add_argument("--nms", action="store_true", default=None, help="NMS before thresholding")
-    ap.add_argument("--kill-internal", action="store_true", default=None,
-                    help="drop predictions inside the class region (needs --seg-dir)")
+    ap.add_argument(
+        "--kill-internal",
+        action="store_true",
+        default=None,
+        help="drop predictions inside the class region (needs --seg-dir)",
+    )
     ap.add_argument("--seg-dir", default=None, help="class-index PNGs for --kill-internal")
     ap.add_argument("--seg-suffix", default=".png")
     ap.add_argument("--margin", type=int, default=None, help="crop this many pixels per side")
-    ap.add_argument("--gt-scale", type=float, default=None,
-                    help="nearest-resample the GT by this factor first (0.5: half resolution)")
-    ap.add_argument("--pred-scale", type=float, default=None,
-                    help="divide predictions by this (default: 255 for 8-bit; 16-bit by the "
-                    "protocol's uint16_scale, 65536 as the authors' MATLAB)")
-    ap.add_argument("--resize", choices=["nearest", "bilinear", "bicubic", "none"], default=None,
-                    help="resize predictions to the GT size (default bicubic, as MATLAB)")
+    ap.add_argument(
+        "--gt-scale",
+        type=float,
+        default=None,
+        help="nearest-resample the GT by this factor first (0.5: half resolution)",
+    )
+    ap.add_argument(
+        "--pred-scale",
+        type=float,
+        default=None,
+        help="divide predictions by this (default: 255 for 8-bit; 16-bit by the "
+        "protocol's uint16_scale, 65536 as the authors' MATLAB)",
+    )
+    ap.add_argument(
+        "--resize",
+        choices=["nearest", "bilinear", "bicubic", "none"],
+        default=None,
+        help="resize predictions to the GT size (default bicubic, as MATLAB)",
+    )
     inst = ap.add_mutually_exclusive_group()
-    inst.add_argument("--instance-sensitive", dest="instance_sensitive", action="store_true",
-                      default=None, help="record that the GT is instance-sensitive")
+    inst.add_argument(
+        "--instance-sensitive",
+        dest="instance_sensitive",
+        action="store_true",
+        default=None,
+        help="record that the GT is instance-sensitive",
+    )
     inst.add_argument("--instance-insensitive", dest="instance_sensitive", action="store_false")
     ap.add_argument("--gt-suffix", default=".png")
     ap.add_argument("--pred-suffix", default=".png")

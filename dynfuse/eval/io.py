@@ -129,7 +129,7 @@ def prediction_class_folders(pred_dir: str | os.PathLike) -> list[int]:
         return []
     out = []
     for p in root.iterdir():
-        tail = p.name[len("class_"):]
+        tail = p.name[len("class_") :]
         if p.is_dir() and p.name.startswith("class_") and len(tail) == 3 and tail.isdigit():
             out.append(int(tail))
     return sorted(out)
@@ -141,8 +141,6 @@ def list_names(gt_dir: str | os.PathLike, suffix: str = ".png") -> list[str]:
     if not root.is_dir():
         raise FileNotFoundError(f"gt_dir {root} is not a directory")
     names = [
-        str(p.relative_to(root).as_posix())[: -len(suffix)]
-        for p in root.rglob(f"*{suffix}")
-        if p.is_file()
+        str(p.relative_to(root).as_posix())[: -len(suffix)] for p in root.rglob(f"*{suffix}") if p.is_file()
     ]
     return sorted(names)

@@ -208,9 +208,7 @@ def _check_map(name: str, x: np.ndarray) -> np.ndarray:
     return arr
 
 
-def match_edges(
-    pred: np.ndarray, gt: np.ndarray, max_dist: float
-) -> tuple[np.ndarray, np.ndarray]:
+def match_edges(pred: np.ndarray, gt: np.ndarray, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
     """Match predicted edge pixels to ground-truth edge pixels one-to-one within a tolerance.
 
     Args:

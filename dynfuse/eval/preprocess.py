@@ -34,9 +34,7 @@ __all__ = [
 RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "none")
 
 
-def to_probability(
-    pred: np.ndarray, scale: float | None = None, uint16_scale: float = 65535.0
-) -> np.ndarray:
+def to_probability(pred: np.ndarray, scale: float | None = None, uint16_scale: float = 65535.0) -> np.ndarray:
     """Prediction as float32 in [0, 1].
 
     Args:
@@ -62,9 +60,7 @@ def to_probability(
         elif arr.dtype == np.uint16:
             scale = float(uint16_scale)
         else:
-            raise TypeError(
-                f"pred: cannot infer the scale of dtype {arr.dtype}; pass scale (1, 255, 65535)"
-            )
+            raise TypeError(f"pred: cannot infer the scale of dtype {arr.dtype}; pass scale (1, 255, 65535)")
     if not (isinstance(scale, (int, float)) and scale > 0):
         raise ValueError(f"scale must be a positive number, got {scale!r}")
     out = arr.astype(np.float32) / np.float32(scale)
@@ -90,8 +86,7 @@ def resize_to(pred: np.ndarray, shape: tuple[int, int], method: str = "bicubic")
         return arr
     if method == "none":
         raise ValueError(
-            f"prediction shape {arr.shape} differs from ground truth {tuple(shape)} and "
-            "resize='none'"
+            f"prediction shape {arr.shape} differs from ground truth {tuple(shape)} and resize='none'"
         )
     if method == "bicubic":
         return matlab_imresize(arr, shape).astype(np.float32)
@@ -106,9 +101,9 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     """Keys' cubic convolution kernel with a = -0.5 (MATLAB ``imresize``'s ``cubic``)."""
     ax = np.abs(x)
     ax2, ax3 = ax * ax, ax * ax * ax
-    return (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1) + (
-        -0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0
-    ) * ((ax > 1) & (ax <= 2))
+    return (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * (
+        (ax > 1) & (ax <= 2)
+    )
 
 
 def imresize_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:

@@ -66,8 +66,7 @@ class FolderSpec:
 def _input_files(spec: FolderSpec, name: str, settings: EvalSettings) -> list[Path]:
     files = [Path(spec.gt_dir) / f"{name}{spec.gt_suffix}"]
     files += [
-        Path(spec.pred_dir) / class_dir_name(k) / f"{name}{spec.pred_suffix}"
-        for k in range(spec.num_classes)
+        Path(spec.pred_dir) / class_dir_name(k) / f"{name}{spec.pred_suffix}" for k in range(spec.num_classes)
     ]
     if settings.kill_internal and spec.seg_dir is not None:
         files.append(Path(spec.seg_dir) / f"{name}{spec.seg_suffix}")
@@ -161,7 +160,8 @@ def _check_prediction_folder(spec: FolderSpec, names: list[str]) -> list[str]:
         # The manifest lists the maps' names (file name without extension); with --pred-suffix
         # that is the image name plus the suffix's stem.
         missing = [
-            n for n in names
+            n
+            for n in names
             if n not in written and os.path.splitext(f"{n}{spec.pred_suffix}")[0] not in written
         ]
         if missing:
@@ -218,10 +218,7 @@ def evaluate_folder(
     for note in notes:
         warnings.warn(note, EvalWarning, stacklevel=2)
     cache_root = None if out_dir is None else Path(out_dir) / "cache"
-    jobs = [
-        (spec, n, settings, None if cache_root is None else str(cache_root / f"{n}.npz"))
-        for n in names
-    ]
+    jobs = [(spec, n, settings, None if cache_root is None else str(cache_root / f"{n}.npz")) for n in names]
     results = _run_jobs(_job, jobs, workers, progress, "dynfuse-eval")
     counts = np.stack([c for c, _ in results])
     later = _notes_from_images(spec, settings, names, [info for _, info in results])
@@ -278,8 +275,9 @@ def write_outputs(result: EvalResult, out_dir: str | os.PathLike) -> None:
         rows = np.stack([result.thresholds, r, p, f], axis=1)
 
         def write(tmp: str, rows: np.ndarray = rows) -> None:
-            np.savetxt(tmp, rows, delimiter=",", header="threshold,recall,precision,f",
-                       comments="", fmt="%.6f")
+            np.savetxt(
+                tmp, rows, delimiter=",", header="threshold,recall,precision,f", comments="", fmt="%.6f"
+            )
 
         atomic_write(out / f"pr_class_{k + 1:03d}.csv", write)
     result.to_json(out / "summary.json")  # last: its presence says the run finished

@@ -64,8 +64,10 @@ def _conv_bias(conv: nn.Conv2d) -> torch.Tensor:
 def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(running_mean, running_var) of a BatchNorm2d built with track_running_stats=True."""
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"the fused learner in eval mode needs BatchNorm running statistics "
-                         f"(track_running_stats=True), {bn} has none")
+        raise ValueError(
+            f"the fused learner in eval mode needs BatchNorm running statistics "
+            f"(track_running_stats=True), {bn} has none"
+        )
     return bn.running_mean, bn.running_var
 
 
@@ -101,8 +103,13 @@ class FusedLocationAdaptiveFusion(nn.Module):
         return_weights: also compute the weights (chunk by chunk, without autograd).
     """
 
-    def __init__(self, *, activation: str | None = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-                 return_weights: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        activation: str | None = None,
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        return_weights: bool = False,
+    ) -> None:
         super().__init__()
         self.activation = check_activation(activation)
         if int(chunk_elements) < 1:
@@ -140,8 +147,9 @@ class FusedLocationAdaptiveFusion(nn.Module):
             ct = compute_dtype(deconv.weight.dtype)
             low = z
             with torch.autocast(top.device.type, enabled=False):
-                up_weight = torch.einsum("icyx,oc->ioyx", deconv.weight.to(ct),
-                                         c1[0].weight[:, :, 0, 0].to(ct))
+                up_weight = torch.einsum(
+                    "icyx,oc->ioyx", deconv.weight.to(ct), c1[0].weight[:, :, 0, 0].to(ct)
+                )
             up_bias = _conv_bias(c1[0])
         else:
             geometry = UpsampleGeometry("resize", size)
@@ -150,15 +158,27 @@ class FusedLocationAdaptiveFusion(nn.Module):
         bns: tuple[nn.BatchNorm2d, nn.BatchNorm2d, nn.BatchNorm2d] = (c1[1], c2[1], c3[1])
         modes = {bn.training or bn.running_mean is None for bn in bns}
         if len(modes) > 1:
-            raise ValueError("the fused learner needs its three BatchNorm layers all in training mode or all "
-                             "in eval mode (with running statistics); got a mix")
+            raise ValueError(
+                "the fused learner needs its three BatchNorm layers all in training mode or all "
+                "in eval mode (with running statistics); got a mix"
+            )
         batch_stats = modes.pop()
         norms = (_norm_state(bns[0]), _norm_state(bns[1]), _norm_state(bns[2]))
         conv_weights = (c2[0].weight[:, :, 0, 0], c3[0].weight[:, :, 0, 0])
         conv_biases = (_conv_bias(c2[0]), _conv_bias(c3[0]))
         result = fused_learner_fuse(
-            low, up_weight, up_bias, conv_weights, conv_biases, norms, side5, sides, geometry,
-            batch_stats=batch_stats, activation=self.activation, chunk_elements=self.chunk_elements,
+            low,
+            up_weight,
+            up_bias,
+            conv_weights,
+            conv_biases,
+            norms,
+            side5,
+            sides,
+            geometry,
+            batch_stats=batch_stats,
+            activation=self.activation,
+            chunk_elements=self.chunk_elements,
         )
         if batch_stats:
             assert result.batch_mean is not None and result.batch_var_unbiased is not None
@@ -174,11 +194,21 @@ class FusedLocationAdaptiveFusion(nn.Module):
                 means = torch.stack([mean for mean, _ in running])
                 variances = torch.stack([var for _, var in running])
             weights = materialize_weights(
-                low, up_weight, up_bias, conv_weights, conv_biases, norms, geometry, means, variances,
+                low,
+                up_weight,
+                up_bias,
+                conv_weights,
+                conv_biases,
+                norms,
+                geometry,
+                means,
+                variances,
                 learner.num_classes,
             )
         return result.fuse, weights
 
     def extra_repr(self) -> str:
-        return (f"activation={self.activation!r}, chunk_elements={self.chunk_elements}, "
-                f"return_weights={self.return_weights}")
+        return (
+            f"activation={self.activation!r}, chunk_elements={self.chunk_elements}, "
+            f"return_weights={self.return_weights}"
+        )

@@ -16,7 +16,7 @@ __all__ = ["model_card"]
 _PAPERS = {
     "dff": "Dynamic Feature Fusion for Semantic Edge Detection (Hu et al., IJCAI 2019)",
     "casenet": "CASENet: Deep Category-Aware Semantic Edge Detection (Yu et al., CVPR 2017), as the "
-               "DFF authors reproduced it",
+    "DFF authors reproduced it",
 }
 _BACKBONES = {
     "resnet50": "the authors' dilated ResNet-50 (features at strides 1/2/4/8)",
@@ -66,15 +66,24 @@ def _what(config: Mapping[str, Any]) -> list[str]:
     row = _table1_row(config)
     opts = config.get("head_options") or {}
     head = ", ".join(f"{k}={v!r}" for k, v in opts.items())
-    lines.append(f"Head: `HeadOptions({head})`" + (f" (the paper's Table 1 row \"{row}\")." if row else "."))
+    lines.append(f"Head: `HeadOptions({head})`" + (f' (the paper\'s Table 1 row "{row}").' if row else "."))
     return lines
 
 
 def model_card(config: Mapping[str, Any]) -> str:
     """Markdown text of the model card for a ``save_pretrained`` config."""
     metrics = config.get("metrics") or {}
-    front = ["---", "library_name: dynfuse", "tags:", "- semantic-edge-detection", "- dynfuse",
-             f"- {config.get('model')}", "pipeline_tag: image-segmentation", "---", ""]
+    front = [
+        "---",
+        "library_name: dynfuse",
+        "tags:",
+        "- semantic-edge-detection",
+        "- dynfuse",
+        f"- {config.get('model')}",
+        "pipeline_tag: image-segmentation",
+        "---",
+        "",
+    ]
     model, k = str(config.get("model")).upper(), config.get("num_classes")
     title = f"# {model} on {config.get('backbone')}, {k} classes"
     out = [*front, title, "", *_what(config), ""]
@@ -117,11 +126,19 @@ def model_card(config: Mapping[str, Any]) -> str:
         settings = _protocol_settings(protocol)
         out.append(f"Protocol: **{protocol}**" + (f" (`{settings}`)" if settings else "") + ".")
         out += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
-        out += ["", "Scores depend on the protocol (tolerance, thinning, resolution): compare only "
-                "numbers measured with the same one."]
+        out += [
+            "",
+            "Scores depend on the protocol (tolerance, thinning, resolution): compare only "
+            "numbers measured with the same one.",
+        ]
     else:
         out.append("No score was given when the model was saved.")
-    out += ["", "## Files", "",
-            "- `model.safetensors`: the weights (safetensors, no pickle)",
-            "- `config.json`: everything above, read by `dynfuse.from_pretrained`", ""]
+    out += [
+        "",
+        "## Files",
+        "",
+        "- `model.safetensors`: the weights (safetensors, no pickle)",
+        "- `config.json`: everything above, read by `dynfuse.from_pretrained`",
+        "",
+    ]
     return "\n".join(out)

@@ -126,8 +126,10 @@ class EdgeModel(nn.Module):
         if backbone is not None:
             _set_backbone_checkpointing(self.backbone, bool(backbone))
         if learner and getattr(self.head, "fused_learner", None) is not None:
-            raise ValueError("checkpoint_learner does not apply to the fused learner (it keeps no "
-                             "full-resolution learner activations)")
+            raise ValueError(
+                "checkpoint_learner does not apply to the fused learner (it keeps no "
+                "full-resolution learner activations)"
+            )
         if learner is not None:
             lrn = self.head.learner
             if isinstance(lrn, LocationAdaptiveLearner):

@@ -121,8 +121,12 @@ def export_onnx(
 def _dynamic_axes(names: list[str], learner: str, *, batch: bool, size: bool) -> dict[str, dict[int, str]]:
     """The exporter's ``dynamic_axes`` for the input and each output (by its layout)."""
     # Axes of (batch, height, width) in each tensor; invariant weights (B, K, S+1) have no H, W.
-    where = {"images": (0, 2, 3), "side5": (0, 2, 3), "fuse": (0, 2, 3),
-             "weights": (0, 3, 4) if learner == "adaptive" else (0, None, None)}
+    where = {
+        "images": (0, 2, 3),
+        "side5": (0, 2, 3),
+        "fuse": (0, 2, 3),
+        "weights": (0, 3, 4) if learner == "adaptive" else (0, None, None),
+    }
     axes: dict[str, dict[int, str]] = {}
     for name in ["images", *names]:
         b, h, w = where[name]

@@ -68,7 +68,7 @@ def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str | None:
             continue
         group = m.group(1) if m.groups() else ""
         new = repl.format(i=int(group) - 1 if group.isdigit() else "", g=group)
-        return new + key[m.end():]
+        return new + key[m.end() :]
     return None
 
 
@@ -142,7 +142,7 @@ def _official_key_candidates(our_keys: Iterable[str], kind: str) -> dict[str, st
             if m is None:
                 continue
             n = int(m.group(1)) + 1 if m.groups() else 0
-            out[repl.format(n=n) + key[m.end():]] = key
+            out[repl.format(n=n) + key[m.end() :]] = key
             break
         else:
             raise ValueError(f"no authors' name for parameter {key!r}")
@@ -217,7 +217,11 @@ def load_official_dff(
     predict. Extra keyword arguments go to :class:`DFF` (e.g. ``checkpoint_backbone=True``).
     """
     model = _load_official(
-        "dff", source, num_classes, backbone, map_location,
+        "dff",
+        source,
+        num_classes,
+        backbone,
+        map_location,
         dict(fusion_backend=fusion_backend, **model_kwargs),
     )
     assert isinstance(model, DFF)
@@ -235,7 +239,11 @@ def load_official_casenet(
 ) -> CASENet:
     """Build our :class:`CASENet` from the authors' CASENet checkpoint; see :func:`load_official_dff`."""
     model = _load_official(
-        "casenet", source, num_classes, backbone, map_location,
+        "casenet",
+        source,
+        num_classes,
+        backbone,
+        map_location,
         dict(fusion_backend=fusion_backend, **model_kwargs),
     )
     assert isinstance(model, CASENet)

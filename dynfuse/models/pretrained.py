@@ -113,8 +113,13 @@ def build_model_from_config(config: Mapping[str, Any]) -> EdgeModel:
     try:
         options = HeadOptions(**config["head_options"])
         backbone = backbone_from_config({"name": config["backbone"], "kwargs": config.get("backbone_kwargs")})
-        return create_model(config["model"], backbone=backbone, num_classes=config["num_classes"],
-                            options=options, **config.get("model_options", {}))
+        return create_model(
+            config["model"],
+            backbone=backbone,
+            num_classes=config["num_classes"],
+            options=options,
+            **config.get("model_options", {}),
+        )
     except KeyError as exc:
         raise CheckpointError(f"the model config has no {exc.args[0]!r}") from None
     except TypeError as exc:  # an option this version does not know
@@ -238,8 +243,9 @@ def save_pretrained(
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if len(class_names) != model.num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names, the model has "
-                             f"{model.num_classes} classes")
+            raise ValueError(
+                f"class_names has {len(class_names)} names, the model has {model.num_classes} classes"
+            )
     in_channels = int(getattr(model.backbone, "in_channels", 3))
     default_mean, default_std = _default_normalization(model)
     loaded_input = loaded.get("input") or {}
@@ -257,8 +263,9 @@ def save_pretrained(
     folder = Path(save_directory)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"save_directory {str(folder)!r} is a file, not a folder")
-    weights = atomic_write(folder / WEIGHTS_NAME,
-                           lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    weights = atomic_write(
+        folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"})
+    )
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -266,8 +273,13 @@ def save_pretrained(
         **config,
         "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
         "class_names": class_names,
-        "input": {"channels": "RGB" if in_channels == 3 else in_channels, "scale": "[0, 1]",
-                  "mean": list(mean), "std": list(std), "layout": "(B, C, H, W), any H, W >= 1"},
+        "input": {
+            "channels": "RGB" if in_channels == 3 else in_channels,
+            "scale": "[0, 1]",
+            "mean": list(mean),
+            "std": list(std),
+            "layout": "(B, C, H, W), any H, W >= 1",
+        },
         "metrics": scores,
         "protocol": protocol,
         "training": train_info,
@@ -293,18 +305,22 @@ def read_pretrained_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointNotFoundError(f"{where} does not exist")
     if not path.is_dir():
-        raise CheckpointError(f"{where} is a file; from_pretrained takes a folder written by "
-                              "save_pretrained (or a Hub repository id)")
+        raise CheckpointError(
+            f"{where} is a file; from_pretrained takes a folder written by "
+            "save_pretrained (or a Hub repository id)"
+        )
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
-        raise CheckpointError(f"{where} has no {CONFIG_NAME}: it was not written by save_pretrained "
-                              "(or the save was interrupted)")
+        raise CheckpointError(
+            f"{where} has no {CONFIG_NAME}: it was not written by save_pretrained "
+            "(or the save was interrupted)"
+        )
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {cfg_path}: {exc}") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path} is not a dynfuse model config (no \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{cfg_path} is not a dynfuse model config (no "format": "{FORMAT}")')
     version = config.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -346,8 +362,11 @@ def _resolve(source: str | os.PathLike[str], **download: Any) -> Path:
             "huggingface_hub: pip install 'dynfuse[hub]'"
         ) from exc
     try:
-        local = snapshot_download(repo_id=source, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
-                                  **{k: v for k, v in download.items() if v is not None})
+        local = snapshot_download(
+            repo_id=source,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+            **{k: v for k, v in download.items() if v is not None},
+        )
     except Exception as exc:  # network, authentication, unknown repo: one message naming both readings
         raise CheckpointNotFoundError(
             f"{source!r} is not a local folder, and downloading it as a Hugging Face Hub repository "
@@ -391,11 +410,15 @@ def from_pretrained(
             f"from_pretrained cannot change {bad}: they would make another model than the saved "
             f"one; it may change {list(LOAD_OVERRIDES)}"
         )
-    folder = _resolve(source, revision=revision, cache_dir=cache_dir, token=token,
-                      local_files_only=local_files_only or None)
+    folder = _resolve(
+        source, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only or None
+    )
     config = read_pretrained_config(folder)
-    build = {**config, "head_options": dict(config.get("head_options") or {}),
-             "model_options": dict(config.get("model_options") or {})}
+    build = {
+        **config,
+        "head_options": dict(config.get("head_options") or {}),
+        "model_options": dict(config.get("model_options") or {}),
+    }
     for key, value in overrides.items():
         target = "head_options" if key == "fusion_backend" else "model_options"
         build[target][key] = value
@@ -438,11 +461,17 @@ def init_from_pretrained(model: EdgeModel, source: str | os.PathLike[str]) -> Ed
     except ValueError:  # a backbone module: the checked load below still compares every key
         mine = None
     if mine is not None:
-        diffs = [f"{k} {config.get(k)!r} there, {mine[k]!r} here"
-                 for k in ("model", "backbone", "backbone_kwargs", "num_classes") if config.get(k) != mine[k]]
+        diffs = [
+            f"{k} {config.get(k)!r} there, {mine[k]!r} here"
+            for k in ("model", "backbone", "backbone_kwargs", "num_classes")
+            if config.get(k) != mine[k]
+        ]
         theirs = config.get("head_options") or {}
-        diffs += [f"{k} {theirs.get(k)!r} there, {v!r} here" for k, v in mine["head_options"].items()
-                  if k != "fusion_backend" and theirs.get(k) != v]
+        diffs += [
+            f"{k} {theirs.get(k)!r} there, {v!r} here"
+            for k, v in mine["head_options"].items()
+            if k != "fusion_backend" and theirs.get(k) != v
+        ]
         if diffs:
             raise CheckpointError(
                 f"pretrained folder {str(folder)!r} holds another model than the one to start: "
@@ -474,5 +503,6 @@ def push_to_hub(
         save_pretrained(model, tmp, **save_kwargs)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
-                                 revision=revision)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision
+        )

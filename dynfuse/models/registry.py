@@ -33,6 +33,7 @@ __all__ = [
 
 _MODELS: dict[str, Callable[..., EdgeModel]] = {}
 
+
 class Table1Row(NamedTuple):
     """One row of the paper's Table 1: the registered model, its head options and the paper's score."""
 
@@ -101,8 +102,9 @@ def create_model(
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if options is not None:
         kwargs["options"] = options
-    return _MODELS[key](backbone=backbone, num_classes=num_classes,
-                        pretrained_backbone=pretrained_backbone, **kwargs)
+    return _MODELS[key](
+        backbone=backbone, num_classes=num_classes, pretrained_backbone=pretrained_backbone, **kwargs
+    )
 
 
 # ``create_model.from_pretrained(dir)`` reads like the builder it mirrors (see dynfuse.models.pretrained).

@@ -95,8 +95,9 @@ def deconv_output_size(low: int, stride: int, padding: int) -> int:
     return (low - 1) * stride - 2 * padding + 2 * stride
 
 
-def _bilinear_rows(h: int, r0: int, r1: int, out_h: int
-                   ) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bilinear_rows(
+    h: int, r0: int, r1: int, out_h: int
+) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source rows and weights of output rows [r0, r1) of a bilinear resize (align_corners=False).
 
     Returns (i0, i1, idx0, idx1, lam1): rows i0..i1-1 of ``low`` are read; idx0/idx1 index them (relative
@@ -141,8 +142,16 @@ def phase_kernel(weight: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def _deconv_rows(
-    low_rows: torch.Tensor, i0: int, h_low: int, kernel: torch.Tensor, bias: torch.Tensor | None,
-    s: int, p: int, r0: int, r1: int, out_w: int,
+    low_rows: torch.Tensor,
+    i0: int,
+    h_low: int,
+    kernel: torch.Tensor,
+    bias: torch.Tensor | None,
+    s: int,
+    p: int,
+    r0: int,
+    r1: int,
+    out_w: int,
 ) -> torch.Tensor:
     """Rows [r0, r1) (columns [0, out_w)) of the transposed convolution (kernel 2s, stride s, padding
     p) as one 2x2 convolution of the low rows they read + pixel shuffle (see :func:`phase_kernel`):
@@ -165,8 +174,9 @@ def _phase_bias(bias: torch.Tensor, s: int) -> torch.Tensor:
     return bias.repeat_interleave(s * s)
 
 
-def _upsample_params(up_weight: torch.Tensor | None, up_bias: torch.Tensor | None, geo: UpsampleGeometry
-                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _upsample_params(
+    up_weight: torch.Tensor | None, up_bias: torch.Tensor | None, geo: UpsampleGeometry
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The transposed convolution's (kernel, bias) in the form :func:`_deconv_rows` takes."""
     if geo.mode != "deconv" or up_weight is None:
         return up_weight, up_bias
@@ -185,8 +195,14 @@ def _cast_optional(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor |
 
 
 def _a1_rows(
-    low_rows: torch.Tensor, i0: int, geo: UpsampleGeometry, r0: int, r1: int, h_low: int,
-    up_weight: torch.Tensor | None, up_bias: torch.Tensor | None,
+    low_rows: torch.Tensor,
+    i0: int,
+    geo: UpsampleGeometry,
+    r0: int,
+    r1: int,
+    h_low: int,
+    up_weight: torch.Tensor | None,
+    up_bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """a1 at output rows [r0, r1), full width W, from the low rows [i0, i0 + len) it reads."""
     out_h, out_w = geo.out_size
@@ -252,15 +268,22 @@ class _Params:
         """(mean, invstd) of BatchNorm layer ``layer``; they exist once the forward has computed them."""
         mean, invstd = self.means[layer], self.invstds[layer]
         if mean is None or invstd is None:
-            raise RuntimeError(f"internal error: BatchNorm layer {layer}'s statistics are used before "
-                               "they are computed")
+            raise RuntimeError(
+                f"internal error: BatchNorm layer {layer}'s statistics are used before they are computed"
+            )
         return mean, invstd
 
 
 def _params_from_inputs(
-    ct: torch.dtype, geo: UpsampleGeometry, low: torch.Tensor, up_weight: torch.Tensor | None,
-    up_bias: torch.Tensor | None, convs: tuple[torch.Tensor, ...], norms: tuple[torch.Tensor, ...],
-    means: list[torch.Tensor | None], invstds: list[torch.Tensor | None],
+    ct: torch.dtype,
+    geo: UpsampleGeometry,
+    low: torch.Tensor,
+    up_weight: torch.Tensor | None,
+    up_bias: torch.Tensor | None,
+    convs: tuple[torch.Tensor, ...],
+    norms: tuple[torch.Tensor, ...],
+    means: list[torch.Tensor | None],
+    invstds: list[torch.Tensor | None],
 ) -> _Params:
     """The op's inputs as :class:`_Params` in the compute dtype ``ct``.
 
@@ -270,8 +293,18 @@ def _params_from_inputs(
     kernel, kbias = _upsample_params(*raw_up, geo)
     w2, b2, w3, b3 = (_cast(t, ct) for t in convs)
     g1, be1, g2, be2, g3, be3 = (_cast(t, ct) for t in norms)
-    return _Params(_cast(low, ct), kernel, kbias, [w2, w3], [b2, b3], [g1, g2, g3], [be1, be2, be3],
-                   means, invstds, raw_up)
+    return _Params(
+        _cast(low, ct),
+        kernel,
+        kbias,
+        [w2, w3],
+        [b2, b3],
+        [g1, g2, g3],
+        [be1, be2, be3],
+        means,
+        invstds,
+        raw_up,
+    )
 
 
 def _chunks(geo: UpsampleGeometry, rows: int) -> list[tuple[int, int]]:
@@ -286,15 +319,28 @@ def _chunks(geo: UpsampleGeometry, rows: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _layer_input(p: _Params, geo: UpsampleGeometry, r0: int, r1: int,
-                 low: torch.Tensor | None = None, up_weight: torch.Tensor | None = None,
-                 up_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+def _layer_input(
+    p: _Params,
+    geo: UpsampleGeometry,
+    r0: int,
+    r1: int,
+    low: torch.Tensor | None = None,
+    up_weight: torch.Tensor | None = None,
+    up_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int, int]:
     """a1 for rows [r0, r1) plus the low rows [i0, i1) read (from ``low`` if given: a grad leaf)."""
     i0, i1 = _rows_span(p.low, geo, r0, r1)
     src = p.low[:, :, i0:i1] if low is None else low
-    a1 = _a1_rows(src, i0, geo, r0, r1, p.low.shape[-2],
-                  p.up_weight if up_weight is None else up_weight,
-                  p.up_bias if up_bias is None else up_bias)
+    a1 = _a1_rows(
+        src,
+        i0,
+        geo,
+        r0,
+        r1,
+        p.low.shape[-2],
+        p.up_weight if up_weight is None else up_weight,
+        p.up_bias if up_bias is None else up_bias,
+    )
     return a1, i0, i1
 
 
@@ -314,15 +360,17 @@ def _forward_to(p: _Params, a1: torch.Tensor, stop: int) -> torch.Tensor:
     return a
 
 
-def _fuse_chunk(w: torch.Tensor, side5: torch.Tensor, sides: torch.Tensor, activation: str | None
-                ) -> torch.Tensor:
+def _fuse_chunk(
+    w: torch.Tensor, side5: torch.Tensor, sides: torch.Tensor, activation: str | None
+) -> torch.Tensor:
     b, c, r, wd = w.shape
     k = side5.shape[1]
     return dynamic_fuse(side5, sides, w.reshape(b, k, c // k, r, wd), activation=activation, backend="torch")
 
 
-def _combine(stats: tuple[float, torch.Tensor, torch.Tensor] | None, a: torch.Tensor
-             ) -> tuple[float, torch.Tensor, torch.Tensor]:
+def _combine(
+    stats: tuple[float, torch.Tensor, torch.Tensor] | None, a: torch.Tensor
+) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Chan's parallel update of (count, mean, M2) per channel with one chunk, in float64."""
     var, mean = torch.var_mean(a, dim=(0, 2, 3), correction=0)
     n = float(a.numel() // a.shape[1])
@@ -338,13 +386,41 @@ def _combine(stats: tuple[float, torch.Tensor, torch.Tensor] | None, a: torch.Te
 class _FusedLearner(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, geo: UpsampleGeometry, activation: str | None, batch_stats: bool, eps: float, rows: int,
+        ctx,
+        geo: UpsampleGeometry,
+        activation: str | None,
+        batch_stats: bool,
+        eps: float,
+        rows: int,
         running: tuple[torch.Tensor | None, ...],
-        low, up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3, side5, sides,
+        low,
+        up_weight,
+        up_bias,
+        w2,
+        b2,
+        w3,
+        b3,
+        g1,
+        be1,
+        g2,
+        be2,
+        g3,
+        be3,
+        side5,
+        sides,
     ):
         ct = compute_dtype(side5.dtype)
-        p = _params_from_inputs(ct, geo, low, up_weight, up_bias, (w2, b2, w3, b3),
-                                (g1, be1, g2, be2, g3, be3), [None] * 3, [None] * 3)
+        p = _params_from_inputs(
+            ct,
+            geo,
+            low,
+            up_weight,
+            up_bias,
+            (w2, b2, w3, b3),
+            (g1, be1, g2, be2, g3, be3),
+            [None] * 3,
+            [None] * 3,
+        )
         chunks = _chunks(geo, rows)
         batch_mean, batch_var = [], []
         for layer in range(NUM_LAYERS):
@@ -362,8 +438,9 @@ class _FusedLearner(torch.autograd.Function):
             else:
                 running_mean, running_var = running[2 * layer], running[2 * layer + 1]
                 if running_mean is None or running_var is None:  # checked by fused_learner_fuse
-                    raise ValueError("eval-mode BatchNorm needs running statistics "
-                                     "(track_running_stats=True)")
+                    raise ValueError(
+                        "eval-mode BatchNorm needs running statistics (track_running_stats=True)"
+                    )
                 mean, var = running_mean.double(), running_var.double()
             p.means[layer] = mean.to(ct)
             p.invstds[layer] = torch.rsqrt(var + eps).to(ct)
@@ -373,8 +450,9 @@ class _FusedLearner(torch.autograd.Function):
             w = _bn_plain(_forward_to(p, a1, NUM_LAYERS), p, NUM_LAYERS - 1)
             x5, xs = side5[:, :, r0:r1].to(ct), sides[:, :, r0:r1].to(ct)
             out[:, :, r0:r1] = _fuse_chunk(w, x5, xs, activation)
-        ctx.save_for_backward(low, up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3,
-                              side5, sides)
+        ctx.save_for_backward(
+            low, up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3, side5, sides
+        )
         ctx.stats = (p.means, p.invstds)
         ctx.geo, ctx.activation, ctx.batch_stats, ctx.rows = geo, activation, batch_stats, rows
         if batch_stats:
@@ -396,8 +474,9 @@ class _FusedLearner(torch.autograd.Function):
         geo: UpsampleGeometry = ctx.geo
         ct = compute_dtype(side5.dtype)
         means, invstds = ctx.stats
-        p = _params_from_inputs(ct, geo, low, up_weight, up_bias, (w2, b2, w3, b3),
-                                (g1, be1, g2, be2, g3, be3), means, invstds)
+        p = _params_from_inputs(
+            ct, geo, low, up_weight, up_bias, (w2, b2, w3, b3), (g1, be1, g2, be2, g3, be3), means, invstds
+        )
         g = grad.to(ct)
         chunks = _chunks(geo, ctx.rows)
         n_pix = float(side5.shape[0] * geo.out_size[0] * geo.out_size[1])
@@ -414,12 +493,13 @@ class _FusedLearner(torch.autograd.Function):
                         a = _forward_to(p, a1, layer + 1)
                         mean, invstd = p.stats(layer)
                         xhat = (a - mean[:, None, None]) * invstd[:, None, None]
-                        y = (xhat * p.gammas[layer][:, None, None] + p.betas[layer][:, None, None])
+                        y = xhat * p.gammas[layer][:, None, None] + p.betas[layer][:, None, None]
                     y.requires_grad_()
                     with torch.enable_grad():
                         w = _tail(p, y, layer, corr)
-                        out = _fuse_chunk(w, side5[:, :, r0:r1].to(ct), sides[:, :, r0:r1].to(ct),
-                                          ctx.activation)
+                        out = _fuse_chunk(
+                            w, side5[:, :, r0:r1].to(ct), sides[:, :, r0:r1].to(ct), ctx.activation
+                        )
                     (dy,) = torch.autograd.grad(out, y, g[:, :, r0:r1])
                     s1 += dy.sum(dim=(0, 2, 3), dtype=torch.float64)
                     s2 += (dy * xhat).sum(dim=(0, 2, 3), dtype=torch.float64)
@@ -427,8 +507,12 @@ class _FusedLearner(torch.autograd.Function):
         return (None,) * 6 + _gradient_pass(ctx, p, g, chunks, corr, low, side5, sides)
 
 
-def _tail(p: _Params, y: torch.Tensor, layer: int, corr: list[tuple[torch.Tensor, torch.Tensor]],
-          ) -> torch.Tensor:
+def _tail(
+    p: _Params,
+    y: torch.Tensor,
+    layer: int,
+    corr: list[tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
     """Graph from layer ``layer``'s BatchNorm output y to the weights w (layers above, corrected)."""
     for nxt in range(layer + 1, NUM_LAYERS):
         a = _conv1x1(torch.relu(y), p.weights[nxt - 1], p.biases[nxt - 1])
@@ -450,8 +534,9 @@ def _gradient_pass(ctx, p: _Params, g: torch.Tensor, chunks, corr, low, side5, s
     (g1, g2, g3), (be1, be2, be3) = (_leaf(t) for t in p.gammas), (_leaf(t) for t in p.betas)
     # The order of the op's inputs 7..18 (ctx.saved_tensors[1:13]).
     leaves: list[torch.Tensor | None] = [up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3]
-    p_leaf = _Params(p.low, up_weight, up_bias, [w2, w3], [b2, b3], [g1, g2, g3], [be1, be2, be3],
-                     p.means, p.invstds)
+    p_leaf = _Params(
+        p.low, up_weight, up_bias, [w2, w3], [b2, b3], [g1, g2, g3], [be1, be2, be3], p.means, p.invstds
+    )
     acc: list[torch.Tensor | None] = [None] * len(leaves)
     d_low = torch.zeros_like(p.low) if needs[0] else None
     d_side5 = torch.empty_like(side5) if needs[-2] else None
@@ -485,8 +570,13 @@ def _gradient_pass(ctx, p: _Params, g: torch.Tensor, chunks, corr, low, side5, s
                 acc[i] = gi if prev is None else prev + gi
     raw_weight, raw_bias = p.raw_up
     d_kernel, d_kbias = acc[0], acc[1]
-    if (geo.mode == "deconv" and raw_weight is not None and raw_bias is not None
-            and d_kernel is not None and d_kbias is not None):
+    if (
+        geo.mode == "deconv"
+        and raw_weight is not None
+        and raw_bias is not None
+        and d_kernel is not None
+        and d_kbias is not None
+    ):
         # Back from the phase-kernel form to the (Cin, Cout, 2s, 2s) weight and the (C,) bias.
         raw_w, raw_b = _leaf(raw_weight), _leaf(raw_bias)
         with torch.enable_grad():
@@ -569,13 +659,15 @@ def fused_learner_fuse(
     b, k, h_out, w_out = side5.shape
     if tuple(geometry.out_size) != (h_out, w_out):
         raise ValueError(
-            f"geometry.out_size {geometry.out_size} does not match side5's size {(h_out, w_out)}")
+            f"geometry.out_size {geometry.out_size} does not match side5's size {(h_out, w_out)}"
+        )
     if sides.shape[0] != b or sides.shape[2:] != side5.shape[2:]:
         raise ValueError(f"sides {tuple(sides.shape)} must be (B={b}, S, {h_out}, {w_out}) like side5")
     c = k * (sides.shape[1] + 1)
     if low.dim() != 4 or low.shape[0] != b or low.shape[1] != c:
-        raise ValueError(f"low must be (B={b}, C={c}, h, w) for K={k}, S={sides.shape[1]}; "
-                         f"got {tuple(low.shape)}")
+        raise ValueError(
+            f"low must be (B={b}, C={c}, h, w) for K={k}, S={sides.shape[1]}; got {tuple(low.shape)}"
+        )
     if geometry.mode == "deconv":
         if up_weight is None or up_bias is None:
             raise ValueError("mode 'deconv' needs the folded transposed-convolution weight and conv1's bias")
@@ -584,14 +676,16 @@ def fused_learner_fuse(
         if cover[0] < h_out or cover[1] < w_out:
             raise ValueError(
                 f"the transposed convolution gives {cover} from {tuple(low.shape[-2:])}, smaller than the "
-                f"output size {(h_out, w_out)}; the fused learner only crops (use the unfused modules)")
+                f"output size {(h_out, w_out)}; the fused learner only crops (use the unfused modules)"
+            )
     elif geometry.mode != "resize":
         raise ValueError(f"geometry.mode must be 'deconv' or 'resize', got {geometry.mode!r}")
     if not batch_stats and any(n.running_mean is None or n.running_var is None for n in norms):
         raise ValueError("eval-mode BatchNorm needs running statistics (track_running_stats=True)")
     if batch_stats and b * h_out * w_out <= 1:
-        raise ValueError("BatchNorm in training mode needs more than one value per channel "
-                         f"(B*H*W = {b * h_out * w_out})")
+        raise ValueError(
+            f"BatchNorm in training mode needs more than one value per channel (B*H*W = {b * h_out * w_out})"
+        )
     if chunk_elements < 1:
         raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
     rows = max(1, chunk_elements // max(1, b * c * w_out))
@@ -608,9 +702,22 @@ def fused_learner_fuse(
     # convolutions must not drop to the autocast dtype half way through the chain.
     with torch.autocast(side5.device.type, enabled=False):
         out, means, biased, unbiased = _FusedLearner.apply(
-            geometry, activation, batch_stats, float(eps), rows, running,
-            low, up_weight, up_bias, conv_weights[0], conv_biases[0], conv_weights[1], conv_biases[1],
-            *gb, side5, sides,
+            geometry,
+            activation,
+            batch_stats,
+            float(eps),
+            rows,
+            running,
+            low,
+            up_weight,
+            up_bias,
+            conv_weights[0],
+            conv_biases[0],
+            conv_weights[1],
+            conv_biases[1],
+            *gb,
+            side5,
+            sides,
         )
     if not batch_stats:
         return FusedLearnerOutput(out, None, None, None)
@@ -634,12 +741,17 @@ def materialize_weights(
     ct = compute_dtype(low.dtype)
     ones = torch.ones(low.shape[1], dtype=ct, device=low.device)
     kernel, kbias = _upsample_params(_cast_optional(up_weight, ct), _cast_optional(up_bias, ct), geometry)
-    p = _Params(_cast(low, ct), kernel, kbias, [_cast(conv_weights[0], ct), _cast(conv_weights[1], ct)],
-                [_cast(conv_biases[0], ct), _cast(conv_biases[1], ct)],
-                [_cast(n.weight, ct) if n.weight is not None else ones for n in norms],
-                [_cast(n.bias, ct) if n.bias is not None else ones * 0 for n in norms],
-                [_cast(m, ct) for m in means],
-                [torch.rsqrt(_cast(v, ct) + n.eps) for v, n in zip(variances, norms, strict=True)])
+    p = _Params(
+        _cast(low, ct),
+        kernel,
+        kbias,
+        [_cast(conv_weights[0], ct), _cast(conv_weights[1], ct)],
+        [_cast(conv_biases[0], ct), _cast(conv_biases[1], ct)],
+        [_cast(n.weight, ct) if n.weight is not None else ones for n in norms],
+        [_cast(n.bias, ct) if n.bias is not None else ones * 0 for n in norms],
+        [_cast(m, ct) for m in means],
+        [torch.rsqrt(_cast(v, ct) + n.eps) for v, n in zip(variances, norms, strict=True)],
+    )
     b, c = low.shape[:2]
     h_out, w_out = geometry.out_size
     out = torch.empty((b, c, h_out, w_out), dtype=low.dtype, device=low.device)

@@ -162,9 +162,7 @@ def _forward_impl(
     weights, (w_b, w_k, w_j, w_p) = _flat_weights(weights)
     jp = _padded_rows(s)
     block, warps = block_config(jp, hw, side5.element_size())
-    wide = _needs_wide(
-        hw, (0, 0, s5_p), (s - 1, sides.stride(1), sd_p), (s, w_j, w_p), (0, 0, out.stride(3))
-    )
+    wide = _needs_wide(hw, (0, 0, s5_p), (s - 1, sides.stride(1), sd_p), (s, w_j, w_p), (0, 0, out.stride(3)))
     for lo, hi in _batch_chunks(b):
         _launch(
             fusion_forward_kernel,
@@ -299,8 +297,7 @@ def _backward_impl(
 
 _FORWARD_SCHEMA = "(Tensor side5, Tensor sides, Tensor weights, bool softmax) -> Tensor"
 _BACKWARD_SCHEMA = (
-    "(Tensor grad, Tensor side5, Tensor sides, Tensor weights, bool softmax) "
-    "-> (Tensor, Tensor, Tensor)"
+    "(Tensor grad, Tensor side5, Tensor sides, Tensor weights, bool softmax) -> (Tensor, Tensor, Tensor)"
 )
 
 _TRITON_OP = getattr(torch.library, "triton_op", None)
@@ -334,9 +331,7 @@ else:
     def _backward_fake(
         grad: torch.Tensor, side5: torch.Tensor, sides: torch.Tensor, weights: torch.Tensor, softmax: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return side5.new_empty(side5.shape), sides.new_empty(sides.shape), weights.new_empty(
-            weights.shape
-        )
+        return side5.new_empty(side5.shape), sides.new_empty(sides.shape), weights.new_empty(weights.shape)
 
 
 def _setup_context(
@@ -356,9 +351,7 @@ def _backward(
     return (d5 if need[0] else None, ds if need[1] else None, dw if need[2] else None, None)
 
 
-torch.library.register_autograd(
-    "dynfuse::fusion_forward", _backward, setup_context=_setup_context
-)
+torch.library.register_autograd("dynfuse::fusion_forward", _backward, setup_context=_setup_context)
 
 
 def triton_fuse(

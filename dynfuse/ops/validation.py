@@ -45,8 +45,7 @@ def _check_tensor(name: str, t: object, ndim: int | tuple[int, ...]) -> torch.Te
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.dtype.is_floating_point or t.dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} must be a floating tensor (float32, bfloat16, float16 or float64), "
-            f"got dtype {t.dtype}"
+            f"{name} must be a floating tensor (float32, bfloat16, float16 or float64), got dtype {t.dtype}"
         )
     allowed = (ndim,) if isinstance(ndim, int) else ndim
     if t.dim() not in allowed:
@@ -55,9 +54,7 @@ def _check_tensor(name: str, t: object, ndim: int | tuple[int, ...]) -> torch.Te
     return t
 
 
-def validate_fusion_inputs(
-    side5: torch.Tensor, sides: torch.Tensor, weights: torch.Tensor
-) -> WeightForm:
+def validate_fusion_inputs(side5: torch.Tensor, sides: torch.Tensor, weights: torch.Tensor) -> WeightForm:
     """Check shapes, dtypes and devices of the fusion op's inputs and return the weight form.
 
     side5 (B, K, H, W), sides (B, S, H, W), weights (B, K, S+1, H, W) | (B, K, S+1) | (K, S+1), or
@@ -111,4 +108,3 @@ def validate_fusion_inputs(
                 "the fusion op takes one dtype for all inputs (cast them, or run under autocast)"
             )
     return form
-

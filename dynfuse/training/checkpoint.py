@@ -93,8 +93,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         npst = state["numpy"]
         keys = npst["keys"].numpy().astype(np.uint32)
         np.random.set_state(  # noqa: NPY002 (the global state is what we restore)
-            (npst["name"], keys, int(npst["pos"]), int(npst["has_gauss"]),
-             float(npst["cached_gaussian"]))
+            (npst["name"], keys, int(npst["pos"]), int(npst["has_gauss"]), float(npst["cached_gaussian"]))
         )
         torch.set_rng_state(state["torch"].cpu())
         cuda_states = state.get("cuda") or []
@@ -156,6 +155,8 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
             shape mismatch.
     """
     load_state_checked(
-        model, state, what="checkpoint",
+        model,
+        state,
+        what="checkpoint",
         hint=" (was it trained with another --model, --backbone or number of classes?)",
     )

@@ -39,8 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_runnable(config)
         trainer = Trainer(config)
         if trainer.finished:
-            print(f"{PROG}: nothing to do: {trainer.out_dir} finished at epoch {trainer.epoch} "
-                  f"(give a larger --epochs to train on)")
+            print(
+                f"{PROG}: nothing to do: {trainer.out_dir} finished at epoch {trainer.epoch} "
+                f"(give a larger --epochs to train on)"
+            )
             return 0
         trainer.fit(validate_first=config.val_at_start and not trainer.epoch)
     except ConfigError as exc:

@@ -136,8 +136,10 @@ class Bounds:
     def describe(self) -> str:
         parts = []
         if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
-                    f"{')' if self.high_open else ']'}")
+            return (
+                f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
+                f"{')' if self.high_open else ']'}"
+            )
         if self.low is not None:
             parts.append(f"{'>' if self.low_open else '>='} {_num(self.low)}")
         if self.high is not None:
@@ -195,9 +197,19 @@ def option(
     """
     if resume not in RESUME_POLICIES:
         raise ValueError(f"resume must be one of {RESUME_POLICIES}, got {resume!r}")
-    metadata = {"help": help, "group": group, "flag": flag, "choices": choices, "bounds": bounds,
-                "resume": resume, "negatable": negatable, "parse": parse, "repeat": repeat,
-                "metavar": metavar, "cli": cli}
+    metadata = {
+        "help": help,
+        "group": group,
+        "flag": flag,
+        "choices": choices,
+        "bounds": bounds,
+        "resume": resume,
+        "negatable": negatable,
+        "parse": parse,
+        "repeat": repeat,
+        "metavar": metavar,
+        "cli": cli,
+    }
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -242,92 +254,187 @@ class TrainConfig:
     """
 
     # Field order is the constructor's positional order: new fields go at the end.
-    dataset: str = option("synthetic", group="data", choices=DATASETS,
-                          help="what to train on (synthetic: procedural scenes, no download)")
-    data_root: str | None = option(None, group="data", metavar="DIR",
-                                   help="prepared dataset folder (dynfuse-prepare output); not for "
-                                        "synthetic")
-    model: str = option("dff", group="model", choices=_model_names, resume="weights",
-                        help="registered model name (dynfuse.models.list_models())")
-    backbone: str = option("tiny", group="model", resume="weights",
-                           help="a name of dynfuse.models.list_backbones() or timm:<model name>")
-    num_classes: int = option(4, group="model", bounds=Bounds(low=1), resume="weights",
-                              help="number of edge classes K")
+    dataset: str = option(
+        "synthetic",
+        group="data",
+        choices=DATASETS,
+        help="what to train on (synthetic: procedural scenes, no download)",
+    )
+    data_root: str | None = option(
+        None,
+        group="data",
+        metavar="DIR",
+        help="prepared dataset folder (dynfuse-prepare output); not for synthetic",
+    )
+    model: str = option(
+        "dff",
+        group="model",
+        choices=_model_names,
+        resume="weights",
+        help="registered model name (dynfuse.models.list_models())",
+    )
+    backbone: str = option(
+        "tiny",
+        group="model",
+        resume="weights",
+        help="a name of dynfuse.models.list_backbones() or timm:<model name>",
+    )
+    num_classes: int = option(
+        4, group="model", bounds=Bounds(low=1), resume="weights", help="number of edge classes K"
+    )
     pretrained_backbone: str | None = option(
-        None, group="model", metavar="FILE",
-        help="local path of ImageNet backbone weights (torchvision ResNet file)")
+        None,
+        group="model",
+        metavar="FILE",
+        help="local path of ImageNet backbone weights (torchvision ResNet file)",
+    )
     model_kwargs: dict[str, Any] = option(
-        group="model", default_factory=dict, flag="--model-kw", parse=_model_kwarg, repeat=True,
-        metavar="KEY=VALUE", help="extra dynfuse.create_model keyword (JSON value), repeatable")
-    epochs: int = option(8, group="optimisation", bounds=Bounds(low=1), resume="replan",
-                         help="length of the run (a new value on --resume re-plans the schedule)")
-    batch_size: int = option(8, group="optimisation", bounds=Bounds(low=1),
-                             help="global batch size (split evenly over processes)")
-    crop_size: int = option(64, group="data", bounds=Bounds(low=8),
-                            help="square training crop side in pixels (>= 8, the backbones' "
-                                 "output stride)")
-    lr: float = option(0.1, group="optimisation", bounds=_POSITIVE,
-                       help="backbone learning rate (head: x --head-lr-mult)")
-    momentum: float = option(0.9, group="optimisation", bounds=Bounds(low=0, high=1, high_open=True),
-                             help="SGD momentum")
-    weight_decay: float = option(1e-4, group="optimisation", bounds=_NON_NEGATIVE,
-                                 help="L2 weight decay on every parameter")
-    head_lr_mult: float = option(10.0, group="optimisation", bounds=_POSITIVE,
-                                 help="learning-rate multiplier of everything outside the backbone")
-    poly_power: float = option(0.9, group="optimisation", bounds=_NON_NEGATIVE,
-                               help="exponent of the poly schedule lr * (1 - it/max_it) ** power")
-    amp: str = option("off", group="optimisation", choices=("off", "bf16", "fp16"),
-                      help="autocast precision (fp16 uses a GradScaler)")
+        group="model",
+        default_factory=dict,
+        flag="--model-kw",
+        parse=_model_kwarg,
+        repeat=True,
+        metavar="KEY=VALUE",
+        help="extra dynfuse.create_model keyword (JSON value), repeatable",
+    )
+    epochs: int = option(
+        8,
+        group="optimisation",
+        bounds=Bounds(low=1),
+        resume="replan",
+        help="length of the run (a new value on --resume re-plans the schedule)",
+    )
+    batch_size: int = option(
+        8, group="optimisation", bounds=Bounds(low=1), help="global batch size (split evenly over processes)"
+    )
+    crop_size: int = option(
+        64,
+        group="data",
+        bounds=Bounds(low=8),
+        help="square training crop side in pixels (>= 8, the backbones' output stride)",
+    )
+    lr: float = option(
+        0.1, group="optimisation", bounds=_POSITIVE, help="backbone learning rate (head: x --head-lr-mult)"
+    )
+    momentum: float = option(
+        0.9, group="optimisation", bounds=Bounds(low=0, high=1, high_open=True), help="SGD momentum"
+    )
+    weight_decay: float = option(
+        1e-4, group="optimisation", bounds=_NON_NEGATIVE, help="L2 weight decay on every parameter"
+    )
+    head_lr_mult: float = option(
+        10.0,
+        group="optimisation",
+        bounds=_POSITIVE,
+        help="learning-rate multiplier of everything outside the backbone",
+    )
+    poly_power: float = option(
+        0.9,
+        group="optimisation",
+        bounds=_NON_NEGATIVE,
+        help="exponent of the poly schedule lr * (1 - it/max_it) ** power",
+    )
+    amp: str = option(
+        "off",
+        group="optimisation",
+        choices=("off", "bf16", "fp16"),
+        help="autocast precision (fp16 uses a GradScaler)",
+    )
     device: str = option("cpu", group="run", resume="free", help="auto, cpu, cuda or cuda:N")
     seed: int = option(0, group="run", help="seed of weights, data order and augmentation")
-    workers: int = option(0, group="data", bounds=_NON_NEGATIVE, resume="free",
-                          help="data-loader processes per rank")
-    val_every: int = option(2, group="validation", bounds=_NON_NEGATIVE,
-                            help="validate every N epochs (and after the last); 0 disables")
-    val_max_images: int | None = option(None, group="validation", bounds=Bounds(low=1),
-                                        help="images scored with MF-ODS per validation (the loss "
-                                             "uses all); None: all")
-    val_max_dist: float = option(0.02, group="validation", bounds=Bounds(0, 1, True, True),
-                                 help="MF-ODS matching tolerance as a fraction of the image diagonal")
-    val_thresholds: int = option(19, group="validation", bounds=Bounds(low=1),
-                                 help="thresholds for validation MF-ODS (few = fast)")
-    val_at_start: bool = option(False, group="validation", resume="free",
-                                help="also validate the untrained model")
-    val_scale: float = option(1.0, group="validation", bounds=Bounds(0, 1, low_open=True),
-                              help="score MF-ODS at this fraction of the resolution (Cityscapes: "
-                                   "0.5, as SEAL)")
-    log_every: int = option(10, group="run", bounds=Bounds(low=1), resume="free",
-                            help="iterations between log records")
-    output_dir: str = option("runs/synthetic-dff", group="run", resume="free", metavar="DIR",
-                             help="run folder")
-    resume: str | None = option(None, group="run", resume="free", metavar="CHECKPOINT",
-                                help="checkpoint to continue from, or 'auto' for "
-                                     "<output-dir>/checkpoint.pt when it exists")
-    sync_bn: str = option("auto", group="optimisation", choices=("auto", "on", "off"),
-                          help="SyncBatchNorm under DDP (auto: on for CUDA, off for CPU/gloo)")
-    train_length: int | None = option(None, group="data", bounds=Bounds(low=1),
-                                      help="synthetic only: number of training scenes "
-                                           "(None: 320)")
-    val_length: int | None = option(None, group="data", bounds=Bounds(low=1),
-                                    help="synthetic only: number of validation scenes "
-                                         "(None: 32)")
-    cache: bool = option(True, group="data", resume="free",
-                         help="synthetic only: render scenes once and keep them in memory")
-    tensorboard: bool = option(True, group="run", resume="free",
-                               help="also write TensorBoard scalars to <output-dir>/tb")
+    workers: int = option(
+        0, group="data", bounds=_NON_NEGATIVE, resume="free", help="data-loader processes per rank"
+    )
+    val_every: int = option(
+        2,
+        group="validation",
+        bounds=_NON_NEGATIVE,
+        help="validate every N epochs (and after the last); 0 disables",
+    )
+    val_max_images: int | None = option(
+        None,
+        group="validation",
+        bounds=Bounds(low=1),
+        help="images scored with MF-ODS per validation (the loss uses all); None: all",
+    )
+    val_max_dist: float = option(
+        0.02,
+        group="validation",
+        bounds=Bounds(0, 1, True, True),
+        help="MF-ODS matching tolerance as a fraction of the image diagonal",
+    )
+    val_thresholds: int = option(
+        19, group="validation", bounds=Bounds(low=1), help="thresholds for validation MF-ODS (few = fast)"
+    )
+    val_at_start: bool = option(
+        False, group="validation", resume="free", help="also validate the untrained model"
+    )
+    val_scale: float = option(
+        1.0,
+        group="validation",
+        bounds=Bounds(0, 1, low_open=True),
+        help="score MF-ODS at this fraction of the resolution (Cityscapes: 0.5, as SEAL)",
+    )
+    log_every: int = option(
+        10, group="run", bounds=Bounds(low=1), resume="free", help="iterations between log records"
+    )
+    output_dir: str = option(
+        "runs/synthetic-dff", group="run", resume="free", metavar="DIR", help="run folder"
+    )
+    resume: str | None = option(
+        None,
+        group="run",
+        resume="free",
+        metavar="CHECKPOINT",
+        help="checkpoint to continue from, or 'auto' for <output-dir>/checkpoint.pt when it exists",
+    )
+    sync_bn: str = option(
+        "auto",
+        group="optimisation",
+        choices=("auto", "on", "off"),
+        help="SyncBatchNorm under DDP (auto: on for CUDA, off for CPU/gloo)",
+    )
+    train_length: int | None = option(
+        None, group="data", bounds=Bounds(low=1), help="synthetic only: number of training scenes (None: 320)"
+    )
+    val_length: int | None = option(
+        None,
+        group="data",
+        bounds=Bounds(low=1),
+        help="synthetic only: number of validation scenes (None: 32)",
+    )
+    cache: bool = option(
+        True, group="data", resume="free", help="synthetic only: render scenes once and keep them in memory"
+    )
+    tensorboard: bool = option(
+        True, group="run", resume="free", help="also write TensorBoard scalars to <output-dir>/tb"
+    )
     progress: bool = option(True, group="run", resume="free", help="tqdm progress bars")
-    overwrite: bool = option(False, group="run", resume="free", negatable=False,
-                             help="start a new run in an output folder that is not empty; the "
-                                  "old run's files are replaced when the new run's first "
-                                  "checkpoint lands")
+    overwrite: bool = option(
+        False,
+        group="run",
+        resume="free",
+        negatable=False,
+        help="start a new run in an output folder that is not empty; the "
+        "old run's files are replaced when the new run's first "
+        "checkpoint lands",
+    )
     init_from: str | None = option(
-        None, group="model", resume="free", metavar="DIR",
+        None,
+        group="model",
+        resume="free",
+        metavar="DIR",
         help="start from the weights of a save_pretrained folder (model, backbone and classes must "
-             "match; epochs, optimiser and schedule start fresh)")
+        "match; epochs, optimiser and schedule start fresh)",
+    )
     allow_changed_config: bool = option(
-        False, group="run", resume="free", negatable=False,
+        False,
+        group="run",
+        resume="free",
+        negatable=False,
         help="with --resume: continue with settings that differ from the checkpoint's (they "
-             "apply from the resumed epoch on; config.json records the change)")
+        "apply from the resumed epoch on; config.json records the change)",
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -487,8 +594,7 @@ def build_parser(prog: str = "dynfuse-train") -> argparse.ArgumentParser:
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
         if base is bool:
-            kwargs["action"] = (argparse.BooleanOptionalAction if meta.get("negatable", True)
-                                else "store_true")
+            kwargs["action"] = argparse.BooleanOptionalAction if meta.get("negatable", True) else "store_true"
         else:
             kwargs["type"] = meta.get("parse") or base
             if meta.get("repeat"):
@@ -560,16 +666,18 @@ def check_runnable(config: TrainConfig) -> None:
 
     if config.data_root is not None and config.dataset != "synthetic":
         if not os.path.isdir(config.data_root):
-            raise ConfigError("data_root", f"{config.data_root!r} is not a directory "
-                                           "(run dynfuse-prepare first)")
+            raise ConfigError(
+                "data_root", f"{config.data_root!r} is not a directory (run dynfuse-prepare first)"
+            )
     if config.pretrained_backbone is not None and not os.path.isfile(config.pretrained_backbone):
         raise ConfigError("pretrained_backbone", f"no file at {config.pretrained_backbone!r}")
     resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0") or 0))
     from dynfuse.models import create_model
 
     def build() -> None:
-        create_model(config.model, backbone=config.backbone, num_classes=config.num_classes,
-                     **config.model_kwargs)
+        create_model(
+            config.model, backbone=config.backbone, num_classes=config.num_classes, **config.model_kwargs
+        )
 
     error: Exception
     try:
@@ -587,5 +695,6 @@ def check_runnable(config: TrainConfig) -> None:
         except (ValueError, TypeError, RuntimeError) as exc:
             error = exc
     kw = "".join(f" --model-kw {k}={json.dumps(v)}" for k, v in config.model_kwargs.items())
-    raise ConfigError(None, f"cannot build --model {config.model} --backbone "
-                            f"{config.backbone}{kw}: {error}") from error
+    raise ConfigError(
+        None, f"cannot build --model {config.model} --backbone {config.backbone}{kw}: {error}"
+    ) from error

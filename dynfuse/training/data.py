@@ -18,8 +18,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from .config import ConfigError, TrainConfig
 from .distributed import DistContext
 
-__all__ = ["ShardSampler", "build_datasets", "build_train_loader", "build_val_loader",
-           "cache_raw_samples", "dataset_len", "epoch_seed"]
+__all__ = [
+    "ShardSampler",
+    "build_datasets",
+    "build_train_loader",
+    "build_val_loader",
+    "cache_raw_samples",
+    "dataset_len",
+    "epoch_seed",
+]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -106,10 +113,10 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         from dynfuse.data.synthetic import Synthetic
 
         # Scenes are rendered at the crop size; training adds the paper's random mirror.
-        kwargs: dict[str, Any] = {"num_classes": config.num_classes, "size": crop,
-                                  "seed": config.seed}
-        train: Dataset = Synthetic(length=config.train_length or 320, split="train",
-                                   transform=train_transforms(crop), **kwargs)
+        kwargs: dict[str, Any] = {"num_classes": config.num_classes, "size": crop, "seed": config.seed}
+        train: Dataset = Synthetic(
+            length=config.train_length or 320, split="train", transform=train_transforms(crop), **kwargs
+        )
         val: Dataset = Synthetic(length=config.val_length or 32, split="val", **kwargs)
         if config.cache:
             cache_raw_samples(train, config.workers)
@@ -121,8 +128,12 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         root = _data_root(config)
         # Paper: random short side in [0.75, 2] x base size 640, mirror, crop; full-size val.
         short_side = (round(0.75 * crop), 2 * crop)
-        train = Cityscapes(root, "train", num_classes=config.num_classes,
-                           transform=train_transforms(crop, short_side=short_side))
+        train = Cityscapes(
+            root,
+            "train",
+            num_classes=config.num_classes,
+            transform=train_transforms(crop, short_side=short_side),
+        )
         val = Cityscapes(root, "val", num_classes=config.num_classes)
         return train, val
     if config.dataset == "sbd":
@@ -130,10 +141,8 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
 
         root = _data_root(config)
         # Paper: scales are applied offline (dynfuse-prepare sbd); val padded to 512 x 512.
-        train = SBD(root, "train", transform=train_transforms(crop),
-                    num_classes=config.num_classes)
-        val = SBD(root, "val", transform=val_transforms(512),
-                  num_classes=config.num_classes)
+        train = SBD(root, "train", transform=train_transforms(crop), num_classes=config.num_classes)
+        val = SBD(root, "val", transform=val_transforms(512), num_classes=config.num_classes)
         return train, val
     raise ValueError(f"unknown dataset {config.dataset!r}")
 
@@ -142,8 +151,9 @@ def per_rank_batch(config: TrainConfig, ctx: DistContext) -> int:
     """The per-process batch: the global ``batch_size`` split evenly over ranks."""
     if config.batch_size % ctx.world_size != 0:
         raise ConfigError(
-            "batch_size", f"(global) must be divisible by the number of processes "
-            f"{ctx.world_size}, got {config.batch_size}"
+            "batch_size",
+            f"(global) must be divisible by the number of processes "
+            f"{ctx.world_size}, got {config.batch_size}",
         )
     return config.batch_size // ctx.world_size
 
@@ -158,11 +168,11 @@ def build_train_loader(dataset: Dataset, config: TrainConfig, ctx: DistContext) 
     n = dataset_len(dataset)
     if n < config.batch_size:
         raise ConfigError(
-            "batch_size", f"(global) must be at most the training set's {n} items, got "
-            f"{config.batch_size}"
+            "batch_size", f"(global) must be at most the training set's {n} items, got {config.batch_size}"
         )
-    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                 shuffle=True, seed=config.seed, drop_last=True)
+    sampler: DistributedSampler = DistributedSampler(
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=True
+    )
     return DataLoader(
         dataset,
         batch_size=batch,
@@ -183,6 +193,11 @@ def build_val_loader(dataset: Dataset, config: TrainConfig, ctx: DistContext) ->
     that validates (or re-validates after a resume) trains on exactly as if it had not.
     """
     sampler = ShardSampler(dataset_len(dataset), ctx.rank, ctx.world_size)
-    return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=config.workers,
-                      pin_memory=ctx.device.type == "cuda",
-                      generator=torch.Generator().manual_seed(config.seed))
+    return DataLoader(
+        dataset,
+        batch_size=1,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),
+    )

@@ -110,9 +110,15 @@ def default_scorer(config: TrainConfig) -> ScoreFn | None:
     def score(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]:
         # Our ground truth marks both sides of a boundary (radius-2 disc rule), so it is thinned too,
         # as SEAL's benchmark uses thinned GT; thinned predictions against thick GT cap recall.
-        result = evaluate_edges(preds, gts, max_dist=config.val_max_dist,
-                                thresholds=config.val_thresholds, thin=True, thin_gt=True,
-                                workers=config.workers if config.workers > 1 else 0)
+        result = evaluate_edges(
+            preds,
+            gts,
+            max_dist=config.val_max_dist,
+            thresholds=config.val_thresholds,
+            thin=True,
+            thin_gt=True,
+            workers=config.workers if config.workers > 1 else 0,
+        )
         out = {}
         # mean over classes of ODS F, of OIS F and of AP (fractions in [0, 1])
         for name in ("mf_ods", "mf_ois", "mean_ap"):
@@ -234,7 +240,8 @@ class Trainer:
         if config.resume:
             resume_path = self.checkpoint_path if config.resume == "auto" else Path(config.resume)
         self._continuing = resume_path is not None and (
-            resume_path.is_file() and _same_folder(resume_path, self.out_dir))
+            resume_path.is_file() and _same_folder(resume_path, self.out_dir)
+        )
         if not self._continuing:
             self._check_output_folder()
         # Same seed everywhere for the model; DDP also broadcasts rank 0's weights.
@@ -245,8 +252,7 @@ class Trainer:
                 built_train, built_val = build_datasets(config)
             except (OSError, ValueError) as exc:
                 where = f" from {config.data_root!r}" if config.data_root else ""
-                raise ConfigError(None, f"cannot load the {config.dataset} data{where}: "
-                                        f"{exc}") from exc
+                raise ConfigError(None, f"cannot load the {config.dataset} data{where}: {exc}") from exc
             train_set = train_set if train_set is not None else built_train
             val_set = val_set if val_set is not None else built_val
         self.train_set, self.val_set = train_set, val_set
@@ -258,9 +264,7 @@ class Trainer:
         base = base.to(self.device)
         self.model: nn.Module = base
         if self.ctx.distributed:
-            use_sync = config.sync_bn == "on" or (
-                config.sync_bn == "auto" and self.device.type == "cuda"
-            )
+            use_sync = config.sync_bn == "on" or (config.sync_bn == "auto" and self.device.type == "cuda")
             if use_sync:
                 base = nn.SyncBatchNorm.convert_sync_batchnorm(base)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -270,8 +274,11 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         self.max_iters = self.steps_per_epoch * config.epochs
         self.optimizer = build_optimizer(
-            self.model, config.lr, momentum=config.momentum,
-            weight_decay=config.weight_decay, head_lr_mult=config.head_lr_mult,
+            self.model,
+            config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            head_lr_mult=config.head_lr_mult,
         )
         self.scheduler = PolyLR(self.optimizer, self.max_iters, config.poly_power)
         self.amp_dtype = _AMP_DTYPES.get(config.amp)
@@ -298,17 +305,21 @@ class Trainer:
                 # iteration (it was saved after that epoch's validation).
                 keep = _records_through(self.out_dir / "metrics.jsonl", self.iteration)
             self.logger = MetricsLogger(
-                self.out_dir, enabled=self.ctx.is_main, tensorboard=config.tensorboard,
+                self.out_dir,
+                enabled=self.ctx.is_main,
+                tensorboard=config.tensorboard,
                 keep_records=keep if isinstance(keep, int) else None,
-                purge_step=self.iteration + 1)
+                purge_step=self.iteration + 1,
+            )
             # config.json is rewritten with the next checkpoint (it describes what the folder's
             # checkpoint ran; until then, that is still the resumed one's settings).
         else:
             # Nothing is written until the first checkpoint: killed before it, the folder still
             # holds what it held (nothing, or the old run that --overwrite replaces).
             self._commit_pending = True
-            self.logger = MetricsLogger(self.out_dir, enabled=self.ctx.is_main,
-                                        tensorboard=config.tensorboard, deferred=True)
+            self.logger = MetricsLogger(
+                self.out_dir, enabled=self.ctx.is_main, tensorboard=config.tensorboard, deferred=True
+            )
 
     def _check_output_folder(self) -> None:
         """Refuse (on every rank) a new run in a non-empty output folder without ``overwrite``."""
@@ -320,9 +331,11 @@ class Trainer:
                 entries = sorted(p.name for p in self.out_dir.iterdir())
                 if entries and not self.config.overwrite:
                     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-                    problem = (f"{str(self.out_dir)!r} is not empty ({shown}); pass --overwrite "
-                               "to replace the run in it, --resume auto to continue it, or "
-                               "choose another --output-dir")
+                    problem = (
+                        f"{str(self.out_dir)!r} is not empty ({shown}); pass --overwrite "
+                        "to replace the run in it, --resume auto to continue it, or "
+                        "choose another --output-dir"
+                    )
                 elif entries:
                     self._print(
                         f"note: {self.out_dir} holds a checkpoint of an earlier run or other "
@@ -369,9 +382,7 @@ class Trainer:
         except ImportError:
             print(text, flush=True)
 
-    def _record(
-        self, kind: str, fields: Mapping[str, Any], *, epoch: int | None = None
-    ) -> dict[str, Any]:
+    def _record(self, kind: str, fields: Mapping[str, Any], *, epoch: int | None = None) -> dict[str, Any]:
         # "epoch" is 1-based: the epoch in progress (train) or just finished (epoch, val);
         # 0 for a validation of the untrained model. ``fields`` are the record's values (a
         # mapping, so that none of them can land in the ``epoch`` argument).
@@ -422,12 +433,14 @@ class Trainer:
             return ckpt
         changes = self._changed_settings(saved)
         if changes and not self.config.allow_changed_config:
-            lines = "\n".join(f"  {flag_name(c['field'])}: {c['old']!r} (checkpoint) -> "
-                              f"{c['new']!r} (now)" for c in changes)
+            lines = "\n".join(
+                f"  {flag_name(c['field'])}: {c['old']!r} (checkpoint) -> {c['new']!r} (now)" for c in changes
+            )
             raise ConfigError(
-                None, f"cannot resume from {str(path)!r}: these settings differ from the "
+                None,
+                f"cannot resume from {str(path)!r}: these settings differ from the "
                 f"checkpoint's:\n{lines}\nrerun with the checkpoint's values, or pass "
-                "--allow-changed-config to continue with the new ones"
+                "--allow-changed-config to continue with the new ones",
             )
         load_model_state(_unwrap(self.model), ckpt["model"])
         try:
@@ -523,8 +536,7 @@ class Trainer:
             "iteration": self.iteration,
             "max_iters": self.max_iters,
             "rng": rng_states,
-            "sampler": {"seed": self.config.seed, "epoch": self.epoch,
-                        "world_size": self.ctx.world_size},
+            "sampler": {"seed": self.config.seed, "epoch": self.epoch, "world_size": self.ctx.world_size},
             "world_size": self.ctx.world_size,
             "param_fingerprints": fingerprints,
             "config": self.config.to_dict(),
@@ -582,8 +594,12 @@ class Trainer:
             try:
                 from tqdm import tqdm
 
-                bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                           leave=False, dynamic_ncols=True)
+                bar = tqdm(
+                    total=self.steps_per_epoch,
+                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                    leave=False,
+                    dynamic_ncols=True,
+                )
             except ImportError:
                 bar = None
         # Loss sums stay on the device between log points to avoid a sync per iteration.
@@ -623,8 +639,11 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 now = time.perf_counter()
                 ips = images_window / max(now - t_window, 1e-9)
-                self._record("train", {"loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                                       "images_per_s": ips}, epoch=self.epoch + 1)
+                self._record(
+                    "train",
+                    {"loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips},
+                    epoch=self.epoch + 1,
+                )
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
                 epoch_sum += window
@@ -637,8 +656,11 @@ class Trainer:
         elapsed = time.perf_counter() - t_epoch
         stats = all_reduce_sum(self.ctx, epoch_sum)
         n_images = self.steps_per_epoch * cfg.batch_size
-        summary = {"loss": float(stats[0] / max(float(stats[1]), 1.0)),
-                   "images_per_s": n_images / max(elapsed, 1e-9), "seconds": elapsed}
+        summary = {
+            "loss": float(stats[0] / max(float(stats[1]), 1.0)),
+            "images_per_s": n_images / max(elapsed, 1e-9),
+            "seconds": elapsed,
+        }
         self._record("epoch", summary)
         return summary
 
@@ -685,12 +707,17 @@ class Trainer:
                         scores = self.scorer(probs, [g for _, _, g in items])
                         clash = sorted(_RESERVED_METRICS.intersection(scores))
                         if clash:
-                            raise ValueError(f"the scorer returned the reserved key(s) {clash}, which the "
-                                             "trainer writes itself; rename them")
+                            raise ValueError(
+                                f"the scorer returned the reserved key(s) {clash}, which the "
+                                "trainer writes itself; rename them"
+                            )
                         metrics.update(scores)
                     except Exception as exc:  # a scoring failure must not end a long run
-                        warnings.warn(f"validation scoring failed ({type(exc).__name__}: {exc}); "
-                                      "reporting the validation loss only", stacklevel=2)
+                        warnings.warn(
+                            f"validation scoring failed ({type(exc).__name__}: {exc}); "
+                            "reporting the validation loss only",
+                            stacklevel=2,
+                        )
                         metrics["scoring_error"] = f"{type(exc).__name__}: {exc}"
                     metrics["scored_images"] = len(items)
         metrics["seconds"] = time.perf_counter() - t0
@@ -701,7 +728,8 @@ class Trainer:
             if not self.epoch:
                 raise FloatingPointError(
                     f"validation loss of the untrained model is {metrics['loss']}: check the "
-                    "data and --model-kw, or use --amp off")
+                    "data and --model-kw, or use --amp off"
+                )
             raise FloatingPointError(
                 f"validation loss is {metrics['loss']} after epoch {self.epoch} (iteration "
                 f"{self.iteration}); {self.checkpoint_path} keeps epoch {self.epoch}'s weights, "
@@ -712,18 +740,18 @@ class Trainer:
     def _describe_val(self, metrics: dict[str, Any]) -> str:
         text = f"val loss {metrics['loss']:.4f}"
         if "mf_ods" in metrics:
-            text += (f"  MF-ODS {100 * metrics['mf_ods']:.1f}%"
-                     f" (tolerance {self.config.val_max_dist}, predictions and GT thinned, "
-                     f"{self.config.val_thresholds} thresholds, {metrics.get('scored_images')} "
-                     "images)")
+            text += (
+                f"  MF-ODS {100 * metrics['mf_ods']:.1f}%"
+                f" (tolerance {self.config.val_max_dist}, predictions and GT thinned, "
+                f"{self.config.val_thresholds} thresholds, {metrics.get('scored_images')} "
+                "images)"
+            )
             for key, label in (("mf_ois", "MF-OIS"), ("mean_ap", "AP")):
                 if key in metrics:
                     text += f"  {label} {100 * metrics[key]:.1f}%"
         return text
 
-    def fit(
-        self, *, validate_first: bool = False, max_epochs: int | None = None
-    ) -> dict[str, Any]:
+    def fit(self, *, validate_first: bool = False, max_epochs: int | None = None) -> dict[str, Any]:
         """Train from the current epoch to ``config.epochs``; returns the last metrics.
 
         After every epoch the checkpoint is written first and the validation (when due) runs
@@ -746,8 +774,7 @@ class Trainer:
         if validate_first and cfg.val_every > 0:
             metrics = self.validate()
             last["val_initial"] = metrics
-            self._print(f"epoch {self.epoch}/{cfg.epochs} (before training)  "
-                        + self._describe_val(metrics))
+            self._print(f"epoch {self.epoch}/{cfg.epochs} (before training)  " + self._describe_val(metrics))
         if self.ctx.is_main:
             self._print(
                 f"training {cfg.model}/{cfg.backbone} on {cfg.dataset}: {dataset_len(self.train_set)} "
@@ -763,11 +790,11 @@ class Trainer:
         while self.epoch < stop_at:
             summary = self.train_one_epoch()
             last["train"] = summary
-            line = (f"epoch {self.epoch}/{cfg.epochs}  loss {summary['loss']:.4f}  "
-                    f"{summary['images_per_s']:.1f} img/s")
-            due = cfg.val_every > 0 and (
-                self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs
+            line = (
+                f"epoch {self.epoch}/{cfg.epochs}  loss {summary['loss']:.4f}  "
+                f"{summary['images_per_s']:.1f} img/s"
             )
+            due = cfg.val_every > 0 and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs)
             self._val_pending = due
             self.save_checkpoint(final=self.epoch == cfg.epochs and not due)
             if due:
@@ -782,8 +809,11 @@ class Trainer:
         """Validate the epoch just saved, then save again with the result (and ``final.pt``
         after the last epoch)."""
         metrics = self.validate()
-        self._last_val = {"epoch": self.epoch, "iteration": self.iteration,
-                          **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        self._last_val = {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        }
         self._val_pending = False
         self.save_checkpoint(final=self.epoch == self.config.epochs)
         return metrics

@@ -50,9 +50,17 @@ class MetricsLogger:
             wrote (a resumed run replays them).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, *, enabled: bool = True,
-                 tensorboard: bool = True, fresh: bool = False, keep_records: int | None = None,
-                 deferred: bool = False, purge_step: int | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        fresh: bool = False,
+        keep_records: int | None = None,
+        deferred: bool = False,
+        purge_step: int | None = None,
+    ) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._tb: Any = None  # a SummaryWriter once opened
@@ -76,8 +84,11 @@ class MetricsLogger:
             if lines and not lines[-1].endswith("\n"):
                 lines = lines[:-1]  # a torn last line of a killed process
             if keep_records is not None and len(lines) < keep_records:
-                warnings.warn(f"{self.path} holds {len(lines)} records, fewer than the "
-                              f"{keep_records} the checkpoint counted; keeping them", stacklevel=3)
+                warnings.warn(
+                    f"{self.path} holds {len(lines)} records, fewer than the "
+                    f"{keep_records} the checkpoint counted; keeping them",
+                    stacklevel=3,
+                )
             keep = len(lines) if keep_records is None else min(keep_records, len(lines))
             if keep != len(lines) or (text and not text.endswith("\n")):
                 atomic_write_text(self.path, "".join(lines[:keep]))
@@ -88,8 +99,7 @@ class MetricsLogger:
             except Exception as exc:  # tensorboard missing or broken: metrics still go to JSONL
                 self.tensorboard_error = f"{type(exc).__name__}: {exc}"
             else:
-                self._tb = SummaryWriter(log_dir=str(self.path.parent / "tb"),
-                                         purge_step=self._purge_step)
+                self._tb = SummaryWriter(log_dir=str(self.path.parent / "tb"), purge_step=self._purge_step)
 
     def commit(self) -> None:
         """Deferred mode: write ``metrics.jsonl`` (atomically) and TensorBoard from the records
@@ -153,8 +163,9 @@ def read_jsonl(path: str | os.PathLike, kind: str | None = None) -> list[dict[st
             rec = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1 and not text.endswith("\n"):
-                warnings.warn(f"{path}: skipping a torn last line (a process was killed while "
-                              "writing it)", stacklevel=2)
+                warnings.warn(
+                    f"{path}: skipping a torn last line (a process was killed while writing it)", stacklevel=2
+                )
                 break
             raise ValueError(f"{path}: line {i + 1} is not JSON: {line[:80]!r}") from None
         if kind is None or rec.get("kind") == kind:
