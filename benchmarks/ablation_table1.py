@@ -74,8 +74,8 @@ ADAPTIVE = "adaptive"  # the row whose weight maps the figure shows
 
 QUICK = {"seeds": 1, "steps": 3, "batch_size": 2, "train_scenes": 4, "test_scenes": 2, "crop_size": 32,
          "thresholds": 9}
-DEFAULTS = {"seeds": 3, "steps": 600, "batch_size": 8, "train_scenes": 1024, "test_scenes": 32,
-            "crop_size": 80, "thresholds": 99}
+DEFAULTS = {"seeds": 3, "steps": 500, "batch_size": 8, "train_scenes": 1024, "test_scenes": 24,
+            "crop_size": 64, "thresholds": 99}
 SIDE_NAMES = ["Side5", "Side1", "Side2", "Side3"]  # the fusion's input order (dynamic_fuse)
 
 
