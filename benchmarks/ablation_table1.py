@@ -522,18 +522,18 @@ def draw_figure(path: Path, a: argparse.Namespace, runs: list[dict], data: dict[
         ax_img.imshow(scene.image)
         if 0 < scene.texture.mean() < 1:
             ax_img.contour(scene.texture, levels=[0.5], colors="white", linewidths=1.0, linestyles="dashed")
-        ax_img.set_title(f"image (test {f['scene']}; dashed: texture)", fontsize=9)
+        ax_img.set_title(f"image, test scene {f['scene']}\n(dashed: textured region)", fontsize=9)
         pal = np.concatenate([np.zeros((1, 3), np.uint8), palette_for(a.num_classes)])
         ax_cls = fig.add_subplot(gs[1, 1])
         ax_cls.imshow(pal[scene.labels + 1])
         ax_cls.contour(scene.labels == k, levels=[0.5], colors="white", linewidths=0.8)
-        ax_cls.set_title(f"classes (class {k} outlined)", fontsize=9)
+        ax_cls.set_title(f"classes\n(class {k} outlined)", fontsize=9)
         vmax = float(np.abs(maps).max()) or 1.0
         im = None
         for j in range(maps.shape[0]):
             axw = fig.add_subplot(gs[1, 2 + j])
             im = axw.imshow(maps[j], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-            axw.set_title(f"{SIDE_NAMES[j] if j < len(SIDE_NAMES) else f'side {j}'} weight, class {k}",
+            axw.set_title(f"{SIDE_NAMES[j] if j < len(SIDE_NAMES) else f'side {j}'} weight\nclass {k}",
                           fontsize=9)
         for axx in fig.axes[1:]:
             axx.set_xticks([])
