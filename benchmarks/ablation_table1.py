@@ -102,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--rows", default=",".join(ROW_IDS), help=f"comma-separated subset of {ROW_IDS}")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the scene family (train and test)")
+    p.add_argument("--no-texture", dest="texture", action="store_false",
+                   help="the control family: the same objects and thin bars without the textured region")
     p.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--tag", default="", help="suffix of the output names")
     p.add_argument("--note", default="", help="free text for the record (e.g. 'box shared')")
@@ -157,6 +159,8 @@ def config_of(a: argparse.Namespace) -> dict[str, Any]:
         "thresholds": a.thresholds, "lr": a.lr, "backbone": a.backbone, "device": a.device,
         "data_seed": a.data_seed, "optimizer": "SGD momentum 0.9, wd 1e-4, head 10x, poly 0.9",
         "eval": settings_of(a).to_dict(),
+        # only present for the control family, so records of the textured default stay comparable
+        **({} if a.texture else {"scenes": "control: SyntheticAblation(texture=False)"}),
     }
 
 
@@ -171,7 +175,7 @@ def settings_of(a: argparse.Namespace) -> EvalSettings:
 
 def make_data(a: argparse.Namespace, *, train: bool = True) -> dict[str, Any]:
     """Pre-rendered tensors: train (N, 3, H, W) normalised images + (N, K, H, W) edges; the test scenes."""
-    kw = {"num_classes": a.num_classes, "size": a.crop_size, "seed": a.data_seed}
+    kw = {"num_classes": a.num_classes, "size": a.crop_size, "seed": a.data_seed, "texture": a.texture}
     test = SyntheticAblation(length=a.test_scenes, split="test", **kw)
     test_items = [test[i] for i in range(len(test))]
     data: dict[str, Any] = {
@@ -407,7 +411,8 @@ def write_record(path: Path, a: argparse.Namespace, env: dict, config: dict, run
     if a.note:
         lines.append(f"- note: {a.note}")
     lines += [
-        f"- data: SyntheticAblation (textured vs clean regions, thin bars), K={a.num_classes}, "
+        f"- data: SyntheticAblation ({'textured vs clean regions' if a.texture else 'CONTROL: no texture'}, "
+        f"thin bars), K={a.num_classes}, "
         f"{a.crop_size}x{a.crop_size}, {a.train_scenes} training scenes, {a.test_scenes} held-out test "
         f"scenes, data seed {a.data_seed}",
         f"- training: backbone {a.backbone} from scratch, {a.steps} steps x batch {a.batch_size}, "

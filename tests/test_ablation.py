@@ -121,3 +121,12 @@ def test_cuda_without_cuda_is_refused(ablation, capsys):
     with pytest.raises(SystemExit):
         ablation.parse_args(["--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_control_family_is_part_of_the_settings(ablation):
+    textured = ablation.config_of(ablation.parse_args(["--quick"]))
+    control = ablation.config_of(ablation.parse_args(["--quick", "--no-texture"]))
+    assert "scenes" not in textured  # records of the textured default keep their settings
+    assert control["scenes"].startswith("control") and control != textured
+    data = ablation.make_data(ablation.parse_args(["--quick", "--no-texture"]), train=False)
+    assert not any(s.texture.any() for s in data["test_scenes"])
