@@ -15,6 +15,7 @@ from .codecs import (
 from .datasets import CITYSCAPES_CLASSES, SBD, SBD_CLASSES, Cityscapes, EdgeListDataset
 from .edges import disc_offsets, mask_to_edges
 from .synthetic import Synthetic, SyntheticScene
+from .synthetic_ablation import AblationScene, SyntheticAblation
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,6 +32,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "AblationScene",
     "CITYSCAPES_CLASSES",
     "SBD",
     "SBD_CLASSES",
@@ -49,6 +51,7 @@ __all__ = [
     "RandomScale",
     "Resize",
     "Synthetic",
+    "SyntheticAblation",
     "SyntheticScene",
     "decode_edge_bin",
     "decode_edge_png",
