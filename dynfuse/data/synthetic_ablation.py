@@ -218,7 +218,7 @@ class SyntheticAblation(Synthetic):
     def __init__(
         self,
         num_classes: int = 4,
-        size: int | Sequence[int] = 80,
+        size: int | Sequence[int] = 64,
         length: int = 256,
         seed: int = 0,
         split: str = "train",
