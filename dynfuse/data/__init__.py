@@ -18,6 +18,7 @@ from .edges import disc_offsets, mask_to_edges
 from .eval_gt import cityscapes_eval_gt, sbd_eval_gt_raw, sbd_eval_gt_thin
 from .resize import matlab_nearest_indices, matlab_resize_nearest
 from .synthetic import Synthetic, SyntheticScene
+from .synthetic_ablation import AblationScene, SyntheticAblation
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,6 +35,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "AblationScene",
     "CITYSCAPES_CLASSES",
     "SBD",
     "SBD_CLASSES",
@@ -52,6 +54,7 @@ __all__ = [
     "RandomScale",
     "Resize",
     "Synthetic",
+    "SyntheticAblation",
     "SyntheticScene",
     "decode_edge_bin",
     "decode_edge_png",
