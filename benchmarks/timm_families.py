@@ -50,8 +50,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("Swin (transformer)", "swin_tiny_patch4_window7_224", {"window_size": 4}, needs_img_size=True),
     Family("MaxViT (transformer)", "maxvit_nano_rw_256", needs_img_size=True, size_multiple=32),
     Family("EfficientViT", "efficientvit_b0"),
-    # MobileViT unfolds 2x2 patches and pads odd maps up, so its levels round up past the stride rule.
-    Family("MobileViTv2", "mobilevitv2_050", size_multiple=32),
+    # MobileViT unfolds 2x2 patches and pads odd-sized maps up, so its levels round up past the
+    # stride rule unless every level is even (input a multiple of 64).
+    Family("MobileViTv2", "mobilevitv2_050", size_multiple=64),
 )
 
 
