@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
 import time
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(192, 256), metavar=("H", "W"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--note", default="", help="machine state to record (e.g. idle, shared)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "# DFF on timm backbone families (CPU)",
         "",
         f"Date {datetime.date.today()}; {platform.processor() or platform.machine()}, "
-        f"{args.threads} threads (torch.set_num_threads), shared 2-core machine; Python "
+        f"{args.threads} threads (torch.set_num_threads), {os.cpu_count()} logical CPUs"
+        f"{'; ' + args.note if args.note else ''}; Python "
         f"{platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}.",
         f"Command: `python benchmarks/timm_families.py --threads {args.threads} --size {size[0]} {size[1]}`.",
         f"DFF head (location-adaptive, K=19), random init, one {size[0]}x{size[1]} image, eval mode,",
