@@ -76,7 +76,8 @@ class HeadOptions:
             outputs, gradients and BatchNorm statistics without any (B, K*(S+1), H, W) activation
             (about three times the branch's FLOPs). Needs learner="adaptive" and
             learner_resolution="full"; ``DFFOutput.weights`` is None unless
-            ``head.fused_learner.return_weights`` is set.
+            ``head.fused_learner.return_weights`` is set. ``fusion_backend="triton"`` runs it on its
+            Triton kernel; "auto" runs the plain-PyTorch schedule until the kernel has a GPU record.
     """
 
     learner: str = "adaptive"
@@ -347,7 +348,12 @@ class DFFHead(nn.Module):
             num_inputs=n_in,
         )
         self.fused_learner = (
-            FusedLocationAdaptiveFusion(activation=opts.activation) if opts.fused_learner else None
+            FusedLocationAdaptiveFusion(
+                activation=opts.activation,
+                backend=opts.fusion_backend if opts.fusion_backend in ("auto", "triton") else "torch",
+            )
+            if opts.fused_learner
+            else None
         )
 
     @classmethod

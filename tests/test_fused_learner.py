@@ -6,6 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fused_learner_helpers import (
+    CHANNELS,
+    K,
+    assert_grads_close,
+    assert_same_buffers,
+    check_bfloat16_against_float64,
+    check_training_against_unfused,
+    features,
+    heads,
+    run,
+)
 from torch import nn
 
 from dynfuse import DFFHead, create_model
@@ -13,69 +24,6 @@ from dynfuse.layers import FusedLocationAdaptiveFusion
 from dynfuse.ops.fused_learner import BatchNormState, UpsampleGeometry, fused_learner_fuse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-K = 2
-CHANNELS = (4, 5, 6, 8)
-
-
-def _randomise_norms(module: nn.Module, gen: torch.Generator) -> None:
-    """Non-trivial BatchNorm affine parameters and running statistics (defaults hide mistakes)."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen))
-                m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-
-
-def _heads(dtype=torch.float64, strides=(1, 2, 4, 4), chunk_elements=None, **kwargs):
-    """An unfused head and its fused twin with the same state (loaded through the state dict)."""
-    gen = torch.Generator().manual_seed(0)
-    ref = DFFHead(CHANNELS, K, strides=strides, **kwargs)
-    _randomise_norms(ref, gen)
-    fused = DFFHead(CHANNELS, K, strides=strides, fused_learner=True, **kwargs)
-    fused.load_state_dict(ref.state_dict())  # same keys: the switch adds no parameters
-    if chunk_elements is not None:
-        fused.fused_learner.chunk_elements = chunk_elements
-    return ref.to(dtype), fused.to(dtype)
-
-
-def _features(b, size, strides, dtype=torch.float64, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    h, w = size
-    return [
-        torch.randn(b, c, -(-h // s), -(-w // s), generator=gen, dtype=dtype).requires_grad_()
-        for c, s in zip(CHANNELS, strides, strict=True)
-    ]
-
-
-def _run(head, feats, size, grad):
-    out = head(feats, output_size=size)
-    params = [p for _, p in head.named_parameters()]
-    grads = torch.autograd.grad(out.fuse, feats + params, grad)
-    return out, dict(
-        zip(
-            [f"feature{i}" for i in range(len(feats))] + [n for n, _ in head.named_parameters()],
-            grads,
-            strict=True,
-        )
-    )
-
-
-def _assert_grads_close(got, want, rtol):
-    # Biases in front of a training-mode BatchNorm have a zero gradient up to rounding: compare every
-    # gradient at the scale of the largest one.
-    scale = max(float(g.abs().max()) for g in want.values())
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=rtol * scale, msg=name)
-
-
-def _assert_same_buffers(a: nn.Module, b: nn.Module):
-    bufs = dict(b.named_buffers())
-    for name, buf in a.named_buffers():
-        torch.testing.assert_close(bufs[name], buf, rtol=1e-12, atol=1e-12, msg=name)
-
 
 CASES = [
     # (upsample, activation, output size, strides)
@@ -89,52 +37,46 @@ CASES = [
 
 @pytest.mark.parametrize(("upsample", "activation", "size", "strides"), CASES)
 def test_training_matches_unfused_float64(upsample, activation, size, strides):
-    ref, fused = _heads(strides=strides, upsample=upsample, activation=activation, chunk_elements=1)
-    feats = _features(2, size, strides)
-    grad = torch.randn(2, K, *size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    out_ref, g_ref = _run(ref, feats, size, grad)
-    out, g = _run(fused, feats, size, grad)  # chunk_elements=1: one output row per chunk
-    torch.testing.assert_close(out.fuse, out_ref.fuse, rtol=1e-12, atol=1e-12)
+    ref, fused = heads(strides=strides, upsample=upsample, activation=activation, chunk_elements=1)
+    out, out_ref = check_training_against_unfused(ref, fused, size, strides)  # one row per chunk
     torch.testing.assert_close(out.side5, out_ref.side5, rtol=0, atol=0)
     assert out.weights is None  # not materialised unless asked
-    _assert_grads_close(g, g_ref, 1e-10)
-    _assert_same_buffers(fused, ref)  # running statistics (unbiased var) and num_batches_tracked
 
 
 def test_running_statistics_momentum_none_and_custom():
-    ref, fused = _heads(chunk_elements=200)
+    ref, fused = heads(chunk_elements=200)
     for head in (ref, fused):
         head.learner.conv1[1].momentum = None  # cumulative average
         head.learner.conv3[1].momentum = 0.37
     size = (16, 12)
     for seed in (1, 2):  # two steps: the cumulative factor changes
-        feats = _features(2, size, (1, 2, 4, 4), seed=seed)
+        feats = features(2, size, (1, 2, 4, 4), seed=seed)
         ref(feats, output_size=size)
         fused(feats, output_size=size)
-    _assert_same_buffers(fused, ref)
+    assert_same_buffers(fused, ref)
 
 
 @pytest.mark.parametrize("upsample", ["deconv", "bilinear"])
 def test_eval_batch_one_with_weights(upsample):
-    ref, fused = _heads(upsample=upsample, chunk_elements=50)
+    ref, fused = heads(upsample=upsample, chunk_elements=50)
     ref.eval(), fused.eval()
     fused.fused_learner.return_weights = True
     size = (15, 11)
-    feats = _features(1, size, (1, 2, 4, 4))
+    feats = features(1, size, (1, 2, 4, 4))
     grad = torch.randn(1, K, *size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    out_ref, g_ref = _run(ref, feats, size, grad)
-    out, g = _run(fused, feats, size, grad)
+    out_ref, g_ref = run(ref, feats, size, grad)
+    out, g = run(fused, feats, size, grad)
     torch.testing.assert_close(out.fuse, out_ref.fuse, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out.weights, out_ref.weights, rtol=1e-12, atol=1e-12)
-    _assert_grads_close(g, g_ref, 1e-10)
-    _assert_same_buffers(fused, ref)  # eval mode leaves them alone
+    assert_grads_close(g, g_ref, 1e-10)
+    assert_same_buffers(fused, ref)  # eval mode leaves them alone
 
 
 def test_training_weights_on_request_use_batch_statistics():
-    ref, fused = _heads()
+    ref, fused = heads()
     fused.fused_learner.return_weights = True
     size = (16, 12)
-    feats = _features(2, size, (1, 2, 4, 4))
+    feats = features(2, size, (1, 2, 4, 4))
     out_ref, out = ref(feats, output_size=size), fused(feats, output_size=size)
     torch.testing.assert_close(out.weights, out_ref.weights, rtol=1e-12, atol=1e-12)
     assert not out.weights.requires_grad  # for visualisation, not for a loss
@@ -146,34 +88,16 @@ def test_bfloat16_within_stated_tolerance():
     bits and the output is rounded to bf16), each gradient within 0.1 of its largest value (the
     unfused bf16 modules reach 0.07 here: BatchNorm backward sums cancel), and gradients that are zero
     up to rounding (biases before a training-mode BatchNorm) within 1e-2 of the largest gradient."""
-    ref, fused = _heads(chunk_elements=100)
-    fused = fused.to(torch.bfloat16)
-    ref.load_state_dict(fused.state_dict())  # float64 copy of the bf16-rounded parameters
-    size = (15, 11)
-    feats64 = [
-        f.detach().to(torch.bfloat16).double().requires_grad_() for f in _features(2, size, (1, 2, 4, 4))
-    ]
-    feats16 = [f.detach().to(torch.bfloat16).requires_grad_() for f in feats64]
-    grad = torch.randn(2, K, *size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    out_ref, g_ref = _run(ref, feats64, size, grad)
-    out, g = _run(fused, feats16, size, grad.to(torch.bfloat16))
-    assert out.fuse.dtype == torch.bfloat16
-    scale = float(out_ref.fuse.detach().abs().max())
-    torch.testing.assert_close(out.fuse.double(), out_ref.fuse, rtol=0, atol=2e-2 * scale)
-    g_scale = max(float(v.abs().max()) for v in g_ref.values())
-    for name, want in g_ref.items():
-        assert g[name].dtype == torch.bfloat16, name
-        top = float(want.abs().max())
-        tol = 1e-2 * g_scale if top < 1e-6 * g_scale else 0.1 * top
-        torch.testing.assert_close(g[name].double(), want, rtol=0, atol=tol, msg=name)
+    ref, fused = heads(chunk_elements=100)
+    check_bfloat16_against_float64(ref, fused, (15, 11))
 
 
 def test_autocast_bfloat16_matches_unfused():
     """Under CPU autocast (bf16) the fused branch keeps float32 inside and agrees with the unfused
     head within bf16 rounding of their inputs (2e-2 of the output's scale)."""
-    ref, fused = _heads(dtype=torch.float32, chunk_elements=100)
+    ref, fused = heads(dtype=torch.float32, chunk_elements=100)
     size = (16, 12)
-    feats = _features(2, size, (1, 2, 4, 4), dtype=torch.float32)
+    feats = features(2, size, (1, 2, 4, 4), dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out_ref, out = ref(feats, output_size=size), fused(feats, output_size=size)
     assert out.fuse.dtype == out_ref.fuse.dtype
@@ -182,7 +106,7 @@ def test_autocast_bfloat16_matches_unfused():
 
 
 def test_fallback_when_deconvolution_is_smaller_than_output():
-    ref, fused = _heads()
+    ref, fused = heads()
     # Levels rounded down (19 / 4 -> 4 rows): the stride-4 transposed convolution covers 16x12 of
     # the 19x13 output, so the side blocks resize bilinearly there and only cropping is fused.
     bigger = (19, 13)
@@ -211,15 +135,15 @@ def test_create_model_switch_and_errors():
         CHANNELS, K, strides=(1, 2, 4, 4), fused_learner=True, norm_layer=lambda c: nn.GroupNorm(1, c)
     )
     with pytest.raises(TypeError, match="needs nn.BatchNorm2d in the learner, conv1 has GroupNorm"):
-        head(_features(2, (16, 12), (1, 2, 4, 4), dtype=torch.float32), output_size=(16, 12))
+        head(features(2, (16, 12), (1, 2, 4, 4), dtype=torch.float32), output_size=(16, 12))
     with pytest.raises(ValueError, match="chunk_elements"):
         FusedLocationAdaptiveFusion(chunk_elements=0)
     with pytest.raises(ValueError, match="does not apply to the fused learner"):
         model.set_checkpointing(learner=True)
-    _, mixed = _heads(dtype=torch.float32)
+    _, mixed = heads(dtype=torch.float32)
     mixed.learner.conv2[1].eval()
     with pytest.raises(ValueError, match="all in training mode or all"):
-        mixed(_features(2, (16, 12), (1, 2, 4, 4), dtype=torch.float32), output_size=(16, 12))
+        mixed(features(2, (16, 12), (1, 2, 4, 4), dtype=torch.float32), output_size=(16, 12))
 
 
 def test_op_rejects_bad_shapes_and_geometry():
@@ -305,7 +229,10 @@ def _assert_same_buffers_close(a: nn.Module, b: nn.Module):
         torch.testing.assert_close(buf, bufs[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_authors_checkpoint_parity_with_switch_on():
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_authors_checkpoint_parity_with_switch_on(backend):
+    """The authors' forward (their module layout, from their checkpoint keys) against ours with the
+    fused branch, on the plain-PyTorch passes and (interpreter tier) on the Triton kernel."""
     from test_models_official import authors_dff_forward, authors_keys, random_checkpoint
 
     from dynfuse.models import load_official_dff
@@ -314,6 +241,7 @@ def test_authors_checkpoint_parity_with_switch_on():
     sd = random_checkpoint(authors_keys("dff", k), seed=1)
     model = load_official_dff(sd, k, fused_learner=True).eval()
     model.head.fused_learner.return_weights = True
+    model.head.fused_learner.backend = backend
     x = torch.randn(2, 3, 24, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref_side5, ref_fuse, ref_w = authors_dff_forward(x, sd, k)

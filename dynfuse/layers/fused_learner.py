@@ -14,6 +14,7 @@ from torch import nn
 from ..ops import dynamic_fuse
 from ..ops.fused_learner import (
     DEFAULT_CHUNK_ELEMENTS,
+    LEARNER_BACKENDS,
     BatchNormState,
     UpsampleGeometry,
     deconv_output_size,
@@ -101,6 +102,7 @@ class FusedLocationAdaptiveFusion(nn.Module):
         activation: None or "softmax" over the S+1 weights.
         chunk_elements: scratch budget of one chunk of output rows, in elements of (B, C, rows, W).
         return_weights: also compute the weights (chunk by chunk, without autograd).
+        backend: "auto", "torch" or "triton" (see :func:`dynfuse.ops.fused_learner.fused_learner_fuse`).
     """
 
     def __init__(
@@ -109,9 +111,13 @@ class FusedLocationAdaptiveFusion(nn.Module):
         activation: str | None = None,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
         return_weights: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         self.activation = check_activation(activation)
+        if backend not in LEARNER_BACKENDS:
+            raise ValueError(f"backend must be one of {LEARNER_BACKENDS}, got {backend!r}")
+        self.backend = backend
         if int(chunk_elements) < 1:
             raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements!r}")
         self.chunk_elements = int(chunk_elements)
@@ -179,6 +185,7 @@ class FusedLocationAdaptiveFusion(nn.Module):
             batch_stats=batch_stats,
             activation=self.activation,
             chunk_elements=self.chunk_elements,
+            backend=self.backend,
         )
         if batch_stats:
             assert result.batch_mean is not None and result.batch_var_unbiased is not None
@@ -210,5 +217,5 @@ class FusedLocationAdaptiveFusion(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"activation={self.activation!r}, chunk_elements={self.chunk_elements}, "
-            f"return_weights={self.return_weights}"
+            f"return_weights={self.return_weights}, backend={self.backend!r}"
         )

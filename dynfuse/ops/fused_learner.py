@@ -52,9 +52,11 @@ bytes stay those of the fusion op itself. Eval mode has no batch statistics: one
 (Not done: layer 1's statistics are linear in z and could come from the 3x3 shifted Gram matrices of
 z at low resolution, removing the stats1 pass, 4F of 60F, at the price of E[x^2] - E[x]^2 numerics.)
 
-This file is the plain-PyTorch form of that schedule (the CPU path and the oracle for a kernel):
-chunks of output rows, autograd inside a chunk for the local derivatives, and an exact BatchNorm
-correction (:class:`_BatchNormWithSums`) that injects the global sums.
+This file holds the schedule itself (:class:`_FusedLearner`: which pass runs when, with what
+statistics and corrections) and its plain-PyTorch passes (:class:`LearnerPasses`, the CPU path and
+the oracle): chunks of output rows, autograd inside a chunk for the local derivatives, and an exact
+BatchNorm correction (:class:`_BatchNormWithSums`) that injects the global sums. The same passes on a
+Triton kernel are :class:`dynfuse.ops.fused_learner_triton.TritonLearnerPasses`.
 """
 
 from __future__ import annotations
@@ -274,25 +276,21 @@ class _Params:
         return mean, invstd
 
 
-def _params_from_inputs(
+def _params_from_tensors(
     ct: torch.dtype,
     geo: UpsampleGeometry,
-    low: torch.Tensor,
-    up_weight: torch.Tensor | None,
-    up_bias: torch.Tensor | None,
-    convs: tuple[torch.Tensor, ...],
-    norms: tuple[torch.Tensor, ...],
+    tensors: tuple[torch.Tensor | None, ...],
     means: list[torch.Tensor | None],
     invstds: list[torch.Tensor | None],
 ) -> _Params:
-    """The op's inputs as :class:`_Params` in the compute dtype ``ct``.
-
-    convs = (w2, b2, w3, b3); norms = (g1, be1, g2, be2, g3, be3).
-    """
+    """The op's tensor inputs (low, up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3,
+    side5, sides) as :class:`_Params` in the compute dtype ``ct``."""
+    low, up_weight, up_bias, *rest = tensors[:13]
+    if low is None or any(t is None for t in rest):
+        raise RuntimeError("internal error: the fused learner's parameters must be tensors")
+    w2, b2, w3, b3, g1, be1, g2, be2, g3, be3 = (_cast(t, ct) for t in rest if t is not None)
     raw_up = (_cast_optional(up_weight, ct), _cast_optional(up_bias, ct))
     kernel, kbias = _upsample_params(*raw_up, geo)
-    w2, b2, w3, b3 = (_cast(t, ct) for t in convs)
-    g1, be1, g2, be2, g3, be3 = (_cast(t, ct) for t in norms)
     return _Params(
         _cast(low, ct),
         kernel,
@@ -383,78 +381,188 @@ def _combine(
     return total, mean0 + delta * (n / total), m20 + m2 + delta * delta * (n0 * n / total)
 
 
+#: Position of the first tensor among the autograd function's inputs (passes, geometry, activation,
+#: batch_stats, eps, rows and the running statistics come first).
+_FIRST_TENSOR = 7
+
+
+class LearnerPasses:
+    """The schedule's passes in plain PyTorch: chunks of output rows, autograd inside a chunk.
+
+    :class:`_FusedLearner` runs the schedule (statistics layer by layer, output; gradient sums top
+    down, gradients) through an object of this class or of a subclass that runs the same passes
+    another way (:class:`dynfuse.ops.fused_learner_triton.TritonLearnerPasses`). Corrections ``corr``
+    are per layer (mean(dy), mean(dy * xhat)), (C,) each in the compute dtype.
+    """
+
+    def __init__(
+        self,
+        p: _Params,
+        geo: UpsampleGeometry,
+        rows: int,
+        side5: torch.Tensor,
+        sides: torch.Tensor,
+        activation: str | None,
+    ) -> None:
+        self.p, self.geo, self.side5, self.sides, self.activation = p, geo, side5, sides, activation
+        self.chunks = _chunks(geo, rows)
+        self.ct = p.low.dtype
+
+    def set_statistics(self, layer: int, mean: torch.Tensor, invstd: torch.Tensor) -> None:
+        """BatchNorm layer ``layer`` normalises with (mean, invstd), (C,) in the compute dtype."""
+        self.p.means[layer], self.p.invstds[layer] = mean, invstd
+
+    def batch_statistics(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s batch mean and biased variance, (C,) float64 (the layers below it have
+        their statistics)."""
+        acc: tuple[float, torch.Tensor, torch.Tensor] | None = None
+        for r0, r1 in self.chunks:
+            a1, _, _ = _layer_input(self.p, self.geo, r0, r1)
+            acc = _combine(acc, _forward_to(self.p, a1, layer + 1))
+        if acc is None:  # out_size has at least one row (checked by fused_learner_fuse)
+            raise RuntimeError("internal error: no output rows to take batch statistics over")
+        n, mean, m2 = acc
+        return mean, m2 / n
+
+    def output(self) -> torch.Tensor:
+        """fuse (B, K, H, W) in side5's dtype."""
+        p, ct = self.p, self.ct
+        out = torch.empty_like(self.side5)
+        for r0, r1 in self.chunks:
+            a1, _, _ = _layer_input(p, self.geo, r0, r1)
+            w = _bn_plain(_forward_to(p, a1, NUM_LAYERS), p, NUM_LAYERS - 1)
+            x5, xs = self.side5[:, :, r0:r1].to(ct), self.sides[:, :, r0:r1].to(ct)
+            out[:, :, r0:r1] = _fuse_chunk(w, x5, xs, self.activation)
+        return out
+
+    def gradient_sums(
+        self, layer: int, grad: torch.Tensor, corr: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum(dy) and sum(dy * xhat) of layer ``layer``'s BatchNorm output over all pixels, (C,)
+        float64 (the layers above it have their corrections in ``corr``)."""
+        p, ct = self.p, self.ct
+        s1 = torch.zeros_like(p.gammas[layer], dtype=torch.float64)
+        s2 = torch.zeros_like(s1)
+        for r0, r1 in self.chunks:
+            with torch.no_grad():
+                a1, _, _ = _layer_input(p, self.geo, r0, r1)
+                a = _forward_to(p, a1, layer + 1)
+                mean, invstd = p.stats(layer)
+                xhat = (a - mean[:, None, None]) * invstd[:, None, None]
+                y = xhat * p.gammas[layer][:, None, None] + p.betas[layer][:, None, None]
+            y.requires_grad_()
+            with torch.enable_grad():
+                w = _tail(p, y, layer, corr)
+                x5, xs = self.side5[:, :, r0:r1].to(ct), self.sides[:, :, r0:r1].to(ct)
+                out = _fuse_chunk(w, x5, xs, self.activation)
+            (dy,) = torch.autograd.grad(out, y, grad[:, :, r0:r1].to(ct))
+            s1 += dy.sum(dim=(0, 2, 3), dtype=torch.float64)
+            s2 += (dy * xhat).sum(dim=(0, 2, 3), dtype=torch.float64)
+        return s1, s2
+
+    def gradients(
+        self,
+        grad: torch.Tensor,
+        corr: list[tuple[torch.Tensor, torch.Tensor]],
+        needs: tuple[bool, ...],
+    ) -> tuple[list[torch.Tensor | None], torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Every gradient in one pass with the corrected BatchNorms (all sums known): the parameter
+        gradients as :func:`_finish_gradients` takes them, d low, d side5 and d sides (None where
+        ``needs``, one flag per tensor input, says they are not needed)."""
+        p, geo, ct = self.p, self.geo, self.ct
+        up_weight, up_bias = (None if t is None else _leaf(t) for t in (p.up_weight, p.up_bias))
+        (w2, w3), (b2, b3) = (_leaf(t) for t in p.weights), (_leaf(t) for t in p.biases)
+        (g1, g2, g3), (be1, be2, be3) = (_leaf(t) for t in p.gammas), (_leaf(t) for t in p.betas)
+        # The order of the op's parameter inputs (the tensors after low, before side5).
+        leaves: list[torch.Tensor | None] = [up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3]
+        p_leaf = _Params(
+            p.low, up_weight, up_bias, [w2, w3], [b2, b3], [g1, g2, g3], [be1, be2, be3], p.means, p.invstds
+        )
+        acc: list[torch.Tensor | None] = [None] * len(leaves)
+        d_low = torch.zeros_like(p.low) if needs[0] else None
+        d_side5 = torch.empty_like(self.side5) if needs[-2] else None
+        d_sides = torch.empty_like(self.sides) if needs[-1] else None
+        for r0, r1 in self.chunks:
+            i0, i1 = _rows_span(p.low, geo, r0, r1)
+            low_rows = p.low[:, :, i0:i1].detach().requires_grad_()
+            x5 = self.side5[:, :, r0:r1].detach().to(ct).requires_grad_()
+            xs = self.sides[:, :, r0:r1].detach().to(ct).requires_grad_()
+            with torch.enable_grad():
+                a1, _, _ = _layer_input(p_leaf, geo, r0, r1, low=low_rows)
+                y = _BatchNormWithSums.apply(a1, *p.stats(0), g1, be1, *corr[0])
+                w = _tail(p_leaf, y, 0, corr)
+                out = _fuse_chunk(w, x5, xs, self.activation)
+            inputs = [low_rows, x5, xs] + [t for t in leaves if t is not None]
+            grads = torch.autograd.grad(out, inputs, grad[:, :, r0:r1].to(ct), allow_unused=True)
+            if d_low is not None:
+                d_low[:, :, i0:i1] += grads[0]
+            if d_side5 is not None:
+                d_side5[:, :, r0:r1] = grads[1]
+            if d_sides is not None:
+                d_sides[:, :, r0:r1] = grads[2]
+            it = iter(grads[3:])
+            for i, t in enumerate(leaves):
+                if t is None:
+                    continue
+                gi = next(it)
+                if gi is not None:
+                    prev = acc[i]
+                    acc[i] = gi if prev is None else prev + gi
+        return acc, d_low, d_side5, d_sides
+
+
+def _running_statistics(
+    running: tuple[torch.Tensor | None, ...], layer: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``layer``'s (running_mean, running_var) in float64."""
+    running_mean, running_var = running[2 * layer], running[2 * layer + 1]
+    if running_mean is None or running_var is None:  # checked by fused_learner_fuse
+        raise ValueError("eval-mode BatchNorm needs running statistics (track_running_stats=True)")
+    return running_mean.double(), running_var.double()
+
+
 class _FusedLearner(torch.autograd.Function):
+    """The schedule: forward = statistics layer by layer (training) + the output pass; backward =
+    gradient sums top down (training) + the gradient pass; each pass run by ``passes``."""
+
     @staticmethod
     def forward(
         ctx,
+        passes: type[LearnerPasses],
         geo: UpsampleGeometry,
         activation: str | None,
         batch_stats: bool,
         eps: float,
         rows: int,
         running: tuple[torch.Tensor | None, ...],
-        low,
-        up_weight,
-        up_bias,
-        w2,
-        b2,
-        w3,
-        b3,
-        g1,
-        be1,
-        g2,
-        be2,
-        g3,
-        be3,
-        side5,
-        sides,
+        *tensors: torch.Tensor | None,
     ):
+        # tensors: low, up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3, side5, sides
+        side5, sides = tensors[-2], tensors[-1]
+        if side5 is None or sides is None:
+            raise RuntimeError("internal error: side5 and sides are required")
         ct = compute_dtype(side5.dtype)
-        p = _params_from_inputs(
-            ct,
-            geo,
-            low,
-            up_weight,
-            up_bias,
-            (w2, b2, w3, b3),
-            (g1, be1, g2, be2, g3, be3),
-            [None] * 3,
-            [None] * 3,
-        )
-        chunks = _chunks(geo, rows)
+        p = _params_from_tensors(ct, geo, tensors, [None] * NUM_LAYERS, [None] * NUM_LAYERS)
+        engine = passes(p, geo, rows, side5, sides, activation)
         batch_mean, batch_var = [], []
         for layer in range(NUM_LAYERS):
             if batch_stats:
-                acc: tuple[float, torch.Tensor, torch.Tensor] | None = None
-                for r0, r1 in chunks:
-                    a1, _, _ = _layer_input(p, geo, r0, r1)
-                    acc = _combine(acc, _forward_to(p, a1, layer + 1))
-                if acc is None:  # out_size has at least one row (checked by fused_learner_fuse)
-                    raise RuntimeError("internal error: no output rows to take batch statistics over")
-                n, mean, m2 = acc
-                var = m2 / n
+                mean, var = engine.batch_statistics(layer)
                 batch_mean.append(mean)
                 batch_var.append(var)
             else:
-                running_mean, running_var = running[2 * layer], running[2 * layer + 1]
-                if running_mean is None or running_var is None:  # checked by fused_learner_fuse
-                    raise ValueError(
-                        "eval-mode BatchNorm needs running statistics (track_running_stats=True)"
-                    )
-                mean, var = running_mean.double(), running_var.double()
-            p.means[layer] = mean.to(ct)
-            p.invstds[layer] = torch.rsqrt(var + eps).to(ct)
-        out = torch.empty_like(side5)
-        for r0, r1 in chunks:
-            a1, _, _ = _layer_input(p, geo, r0, r1)
-            w = _bn_plain(_forward_to(p, a1, NUM_LAYERS), p, NUM_LAYERS - 1)
-            x5, xs = side5[:, :, r0:r1].to(ct), sides[:, :, r0:r1].to(ct)
-            out[:, :, r0:r1] = _fuse_chunk(w, x5, xs, activation)
-        ctx.save_for_backward(
-            low, up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3, side5, sides
-        )
+                mean, var = _running_statistics(running, layer)
+            engine.set_statistics(layer, mean.to(ct), torch.rsqrt(var + eps).to(ct))
+        out = engine.output()
+        ctx.save_for_backward(*tensors)
         ctx.stats = (p.means, p.invstds)
-        ctx.geo, ctx.activation, ctx.batch_stats, ctx.rows = geo, activation, batch_stats, rows
+        ctx.passes, ctx.geo, ctx.activation, ctx.batch_stats, ctx.rows = (
+            passes,
+            geo,
+            activation,
+            batch_stats,
+            rows,
+        )
         if batch_stats:
             n_pix = float(side5.shape[0] * geo.out_size[0] * geo.out_size[1])
             unbiased = n_pix / max(n_pix - 1.0, 1.0)
@@ -470,41 +578,25 @@ class _FusedLearner(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, *_stat_grads):  # the batch statistics are non-differentiable
         saved = ctx.saved_tensors
-        low, up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3, side5, sides = saved
+        low, side5, sides = saved[0], saved[-2], saved[-1]
         geo: UpsampleGeometry = ctx.geo
         ct = compute_dtype(side5.dtype)
         means, invstds = ctx.stats
-        p = _params_from_inputs(
-            ct, geo, low, up_weight, up_bias, (w2, b2, w3, b3), (g1, be1, g2, be2, g3, be3), means, invstds
-        )
-        g = grad.to(ct)
-        chunks = _chunks(geo, ctx.rows)
+        p = _params_from_tensors(ct, geo, saved, list(means), list(invstds))
+        engine = ctx.passes(p, geo, ctx.rows, side5, sides, ctx.activation)
+        for layer in range(NUM_LAYERS):
+            engine.set_statistics(layer, *p.stats(layer))
         n_pix = float(side5.shape[0] * geo.out_size[0] * geo.out_size[1])
         zeros = torch.zeros_like(p.gammas[0])
         corr: list[tuple[torch.Tensor, torch.Tensor]] = [(zeros, zeros)] * NUM_LAYERS
         if ctx.batch_stats:
             # Top-down: the gradient means of layer l need the exact gradient below layer l+1.
             for layer in reversed(range(NUM_LAYERS)):
-                s1 = torch.zeros_like(p.gammas[layer], dtype=torch.float64)
-                s2 = torch.zeros_like(s1)
-                for r0, r1 in chunks:
-                    with torch.no_grad():
-                        a1, _, _ = _layer_input(p, geo, r0, r1)
-                        a = _forward_to(p, a1, layer + 1)
-                        mean, invstd = p.stats(layer)
-                        xhat = (a - mean[:, None, None]) * invstd[:, None, None]
-                        y = xhat * p.gammas[layer][:, None, None] + p.betas[layer][:, None, None]
-                    y.requires_grad_()
-                    with torch.enable_grad():
-                        w = _tail(p, y, layer, corr)
-                        out = _fuse_chunk(
-                            w, side5[:, :, r0:r1].to(ct), sides[:, :, r0:r1].to(ct), ctx.activation
-                        )
-                    (dy,) = torch.autograd.grad(out, y, g[:, :, r0:r1])
-                    s1 += dy.sum(dim=(0, 2, 3), dtype=torch.float64)
-                    s2 += (dy * xhat).sum(dim=(0, 2, 3), dtype=torch.float64)
+                s1, s2 = engine.gradient_sums(layer, grad, corr)
                 corr[layer] = ((s1 / n_pix).to(ct), (s2 / n_pix).to(ct))
-        return (None,) * 6 + _gradient_pass(ctx, p, g, chunks, corr, low, side5, sides)
+        needs = ctx.needs_input_grad[_FIRST_TENSOR:]
+        acc, d_low, d_side5, d_sides = engine.gradients(grad, corr, needs)
+        return (None,) * _FIRST_TENSOR + _finish_gradients(ctx, p, acc, d_low, d_side5, d_sides, low)
 
 
 def _tail(
@@ -525,49 +617,20 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().requires_grad_()
 
 
-def _gradient_pass(ctx, p: _Params, g: torch.Tensor, chunks, corr, low, side5, sides) -> tuple:
-    """Every input's gradient in one pass with the corrected BatchNorms (all sums known)."""
+def _finish_gradients(
+    ctx,
+    p: _Params,
+    acc: list[torch.Tensor | None],
+    d_low: torch.Tensor | None,
+    d_side5: torch.Tensor | None,
+    d_sides: torch.Tensor | None,
+    low: torch.Tensor,
+) -> tuple:
+    """The op's tensor-input gradients in its input order from the accumulated parameter gradients
+    ``acc`` (up weight, up bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3; the transposed
+    convolution's in :func:`phase_kernel` form), each in its input's dtype, None where not needed."""
     geo: UpsampleGeometry = ctx.geo
-    needs = ctx.needs_input_grad[6:]
-    up_weight, up_bias = (None if t is None else _leaf(t) for t in (p.up_weight, p.up_bias))
-    (w2, w3), (b2, b3) = (_leaf(t) for t in p.weights), (_leaf(t) for t in p.biases)
-    (g1, g2, g3), (be1, be2, be3) = (_leaf(t) for t in p.gammas), (_leaf(t) for t in p.betas)
-    # The order of the op's inputs 7..18 (ctx.saved_tensors[1:13]).
-    leaves: list[torch.Tensor | None] = [up_weight, up_bias, w2, b2, w3, b3, g1, be1, g2, be2, g3, be3]
-    p_leaf = _Params(
-        p.low, up_weight, up_bias, [w2, w3], [b2, b3], [g1, g2, g3], [be1, be2, be3], p.means, p.invstds
-    )
-    acc: list[torch.Tensor | None] = [None] * len(leaves)
-    d_low = torch.zeros_like(p.low) if needs[0] else None
-    d_side5 = torch.empty_like(side5) if needs[-2] else None
-    d_sides = torch.empty_like(sides) if needs[-1] else None
-    ct = p.low.dtype
-    for r0, r1 in chunks:
-        i0, i1 = _rows_span(p.low, geo, r0, r1)
-        low_rows = p.low[:, :, i0:i1].detach().requires_grad_()
-        x5 = side5[:, :, r0:r1].detach().to(ct).requires_grad_()
-        xs = sides[:, :, r0:r1].detach().to(ct).requires_grad_()
-        with torch.enable_grad():
-            a1, _, _ = _layer_input(p_leaf, geo, r0, r1, low=low_rows)
-            y = _BatchNormWithSums.apply(a1, *p.stats(0), g1, be1, *corr[0])
-            w = _tail(p_leaf, y, 0, corr)
-            out = _fuse_chunk(w, x5, xs, ctx.activation)
-        inputs = [low_rows, x5, xs] + [t for t in leaves if t is not None]
-        grads = torch.autograd.grad(out, inputs, g[:, :, r0:r1], allow_unused=True)
-        if d_low is not None:
-            d_low[:, :, i0:i1] += grads[0]
-        if d_side5 is not None:
-            d_side5[:, :, r0:r1] = grads[1]
-        if d_sides is not None:
-            d_sides[:, :, r0:r1] = grads[2]
-        it = iter(grads[3:])
-        for i, t in enumerate(leaves):
-            if t is None:
-                continue
-            gi = next(it)
-            if gi is not None:
-                prev = acc[i]
-                acc[i] = gi if prev is None else prev + gi
+    needs = ctx.needs_input_grad[_FIRST_TENSOR:]
     raw_weight, raw_bias = p.raw_up
     d_kernel, d_kbias = acc[0], acc[1]
     if (
@@ -634,6 +697,7 @@ def fused_learner_fuse(
     batch_stats: bool,
     activation: str | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    backend: str = "auto",
 ) -> FusedLearnerOutput:
     """Fused location-adaptive learner + fusion from the low-resolution Side5-w map.
 
@@ -650,6 +714,10 @@ def fused_learner_fuse(
         batch_stats: BatchNorm with batch statistics (training) or the running ones (eval).
         activation: None or "softmax" over the S+1 weights.
         chunk_elements: scratch budget: rows per chunk = max(1, chunk_elements // (B*C*W)).
+        backend: "torch" (this module's chunked schedule), "triton" (the same schedule on the Triton
+            kernel of :mod:`dynfuse.ops.fused_learner_triton`: CUDA tensors, or any tensors under
+            ``TRITON_INTERPRET=1``) or "auto", which is "torch" for now: the kernel is verified
+            against this module under the Triton interpreter but not yet compiled and timed on a GPU.
 
     Returns:
         :class:`FusedLearnerOutput`. The caller updates running statistics from the batch means and
@@ -688,6 +756,7 @@ def fused_learner_fuse(
         )
     if chunk_elements < 1:
         raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
+    passes = _learner_passes(backend, side5.device)
     rows = max(1, chunk_elements // max(1, b * c * w_out))
     ones = side5.new_ones(c)
     zeros_ = side5.new_zeros(c)
@@ -702,6 +771,7 @@ def fused_learner_fuse(
     # convolutions must not drop to the autocast dtype half way through the chain.
     with torch.autocast(side5.device.type, enabled=False):
         out, means, biased, unbiased = _FusedLearner.apply(
+            passes,
             geometry,
             activation,
             batch_stats,
@@ -722,6 +792,24 @@ def fused_learner_fuse(
     if not batch_stats:
         return FusedLearnerOutput(out, None, None, None)
     return FusedLearnerOutput(out, means, biased, unbiased)
+
+
+#: Backends of :func:`fused_learner_fuse`.
+LEARNER_BACKENDS = ("auto", "torch", "triton")
+
+
+def _learner_passes(backend: str, device: torch.device) -> type[LearnerPasses]:
+    """The passes that run ``backend`` (validated) on ``device``."""
+    if backend not in LEARNER_BACKENDS:
+        raise ValueError(f"backend must be one of {LEARNER_BACKENDS}, got {backend!r}")
+    if backend != "triton":
+        return LearnerPasses
+    from .triton_mode import check_triton_usable
+
+    check_triton_usable(device)
+    from .fused_learner_triton import TritonLearnerPasses
+
+    return TritonLearnerPasses
 
 
 def materialize_weights(
