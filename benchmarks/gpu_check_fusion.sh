@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# GPU check of the fused Triton fusion op: kernel tests (GPU tier, then the interpreter tier in its
-# own process) and the quick benchmark. One command, about 2-3 minutes on an H100, no installs:
+# The GPU record in one command (issues 12 and 13): the GPU test tier of both Triton kernels, then the
+# fusion-op, fused-learner and model benchmarks. At most about 8 minutes on an H200, no installs:
 #
 #   OUT=/tmp/out bash benchmarks/gpu_check_fusion.sh            # from the repository root
 #
-# Writes into $OUT (default: benchmarks/results/gpu_check): env.txt, gpu_tests.log,
-# interpreter_tests.log, bench.log and fusion_<device>.md (the benchmark record; copy it to
-# benchmarks/results/). Extra arguments go to the benchmark (e.g. --tune). Exits non-zero if a
-# test step failed; the benchmark still runs.
+# Writes into $OUT (default: benchmarks/results/gpu_check): env.txt, gpu_tests.log and, per benchmark,
+# its log and markdown record (fusion_<device>.md, learner_cuda.md, model_cuda.md + .csv;
+# copy the records to benchmarks/results/). Each step has its own time limit so that one slow step
+# cannot eat the others' time; the interpreter tier is CI's (it needs no GPU). Exits non-zero if a
+# step failed; the later steps still run.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu_check}
@@ -17,6 +18,12 @@ export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 status=0
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, remember a failure
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" || { echo "== $name FAILED"; status=1; }
+}
 
 {
   date -u
@@ -26,17 +33,20 @@ torch.__version__, "triton", triton.__version__, "cuda", torch.version.cuda,
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device")'
 } 2>&1 | tee "$OUT/env.txt"
 
-# GPU tier: dtype matrix, determinism, >2**31 elements, autocast, torch.compile(fullgraph=True).
-timeout 170 "$PY" -m pytest tests/test_triton_fusion.py -m "not interpreter" -q -p no:cacheprovider \
-  --durations=8 2>&1 | tee "$OUT/gpu_tests.log" || status=1
+# GPU tier: the fusion op's dtype matrix, determinism, >2**31 elements, autocast, torch.compile; the
+# fused learner's compiled kernel at the paper's width against its plain-PyTorch twin.
+step gpu_tests 120 "$PY" -m pytest tests/test_triton_fusion.py tests/test_fused_learner_triton.py -m gpu -q \
+  -p no:cacheprovider --durations=8
 
-# Interpreter tier (what CI runs), in its own process: Triton fixes its mode once per process.
-TRITON_INTERPRET=1 timeout 120 "$PY" -m pytest tests/test_triton_fusion.py -m interpreter -q -p no:cacheprovider \
-  2>&1 | tee "$OUT/interpreter_tests.log" || status=1
+# Fusion op: B=8, K=19, S=3, 640x640, float32 and bfloat16, every backend, copy bandwidth of the run.
+step bench_fusion 90 "$PY" benchmarks/bench_fusion.py --quick --out-dir "$OUT" "$@"
 
-# Quick benchmark: B=8, K=19, S=3, 640x640, float32 and bfloat16, forward+backward.
-timeout 240 "$PY" benchmarks/bench_fusion.py --quick --out-dir "$OUT" "$@" 2>&1 \
-  | tee "$OUT/bench.log" || status=1
+# Fused learner (issue 12's GPU target): the head at B=8, 640x640, bf16, every variant.
+step bench_learner 120 "$PY" benchmarks/bench_learner.py --device cuda --batch 8 --size 640 \
+  --dtype bfloat16 --repeats 5 --out "$OUT/learner_cuda.md"
+
+# Model training step: DFF-R50 authors-like vs fast (and the fused learner), DFF-R101 fits in 40 GB.
+step bench_model 150 "$PY" benchmarks/bench_model.py --quick --timeout 60 --out "$OUT/model_cuda.md"
 
 echo "gpu_check_fusion: status $status (0 = all steps passed); outputs in $OUT"
 exit $status

@@ -19,7 +19,7 @@ def bench():
     return module
 
 
-@pytest.mark.parametrize("config", ["authors", "fast+ckpt", "fast+top"])
+@pytest.mark.parametrize("config", ["authors", "fast+ckpt", "fast+top", "fast+fused"])
 def test_child_measures_a_training_step(bench, config):
     saved = torch.get_num_threads()
     try:
