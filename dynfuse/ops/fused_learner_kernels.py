@@ -143,7 +143,9 @@ def _a1_tile(
         t0 = (Y + p) // s
         acc = tl.zeros((x.shape[0], CP), dtype=z_ptr.dtype.element_ty)
         for a in tl.static_range(2):
-            zr = t0 - a
+            # The row index as a block (not a scalar): Triton 3.9's interpreter rejects a mask made
+            # from a scalar condition and a block one.
+            zr = t0 - a + u * 0
             row_ok = (zr >= 0) & (zr < h_low)
             for bb in tl.static_range(2):
                 zc = u - bb
