@@ -21,7 +21,7 @@ from fused_learner_helpers import (
     heads,
     randomise_norms,
 )
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dynfuse import DFFHead
@@ -264,3 +264,93 @@ def test_triton_backend_on_cpu_names_the_way_out():
     feats = features(2, (8, 8), (1, 2, 4, 4))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         fused(feats, output_size=(8, 8))
+
+
+def _op_inputs(draw_seed, b, k, s, mode, stride, pad, h_low, w_low, out_size):
+    """Random float64 inputs of :func:`fused_learner_fuse` (requiring grad) for one geometry."""
+    from dynfuse.ops.fused_learner import BatchNormState
+
+    gen = torch.Generator().manual_seed(draw_seed)
+    c = k * (s + 1)
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).requires_grad_()
+
+    low = rnd(b, c, h_low, w_low)
+    up_w = rnd(c, c, 2 * stride, 2 * stride, scale=0.3) if mode == "deconv" else None
+    up_b = rnd(c, scale=0.3) if mode == "deconv" else None
+    convs = (rnd(c, c, scale=0.4), rnd(c, c, scale=0.4))
+    biases = (rnd(c, scale=0.2), rnd(c, scale=0.2))
+    norms = tuple(
+        BatchNormState(
+            rnd(c, scale=0.3).detach().add_(1.0).requires_grad_(),
+            rnd(c, scale=0.5),
+            0.2 * torch.randn(c, generator=gen, dtype=torch.float64),
+            0.5 + torch.rand(c, generator=gen, dtype=torch.float64),
+        )
+        for _ in range(3)
+    )
+    side5 = rnd(b, k, *out_size)
+    sides = rnd(b, s, *out_size)
+    grad = torch.randn(b, k, *out_size, generator=gen, dtype=torch.float64)
+    return low, up_w, up_b, convs, biases, norms, side5, sides, grad
+
+
+@interpreter
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(
+    k=st.integers(1, 3),
+    s=st.integers(1, 3),  # S+1 = 2, 3, 4: padded weight columns when S = 2
+    mode=st.sampled_from(["deconv", "resize"]),
+    stride=st.integers(1, 3),
+    b=st.integers(1, 2),
+    h_low=st.integers(2, 4),
+    w_low=st.integers(2, 4),
+    shrink=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    activation=st.sampled_from([None, "softmax"]),
+    batch_stats=st.booleans(),
+)
+# Always run: a padded weight column (S+1 = 3) under the softmax with an even and an odd stride.
+@example(k=3, s=2, mode="deconv", stride=2, b=2, h_low=3, w_low=2, shrink=(1, 0), activation="softmax",
+         batch_stats=True)  # fmt: skip
+@example(k=2, s=2, mode="resize", stride=3, b=1, h_low=2, w_low=3, shrink=(2, 1), activation="softmax",
+         batch_stats=False)  # fmt: skip
+@example(k=1, s=2, mode="deconv", stride=3, b=2, h_low=2, w_low=2, shrink=(1, 2), activation=None,
+         batch_stats=True)  # fmt: skip
+def test_kernel_matches_twin_op_level(k, s, mode, stride, b, h_low, w_low, shrink, activation, batch_stats):
+    """The op on the kernel against the op on the plain-PyTorch passes, float64, for random class and
+    input counts (every padding of the (KP, SP) layout), strides, paddings, sizes, batch and eval
+    statistics: the output, the batch statistics and every input's gradient to 1e-11."""
+    from dynfuse.ops.fused_learner import UpsampleGeometry, deconv_output_size, fused_learner_fuse
+
+    if mode == "deconv":
+        pad = stride // 2
+        full = (deconv_output_size(h_low, stride, pad), deconv_output_size(w_low, stride, pad))
+        geo_args = dict(stride=stride, padding=pad)
+    else:
+        pad, full = 0, (h_low * stride, w_low * stride)  # bilinear upsampling (a crop at stride 1)
+        geo_args = {}
+    out_size = (max(2, full[0] - shrink[0]), max(2, full[1] - shrink[1]))
+    geometry = UpsampleGeometry(mode, out_size, **geo_args)
+    inputs = _op_inputs(7 * k + s, b, k, s, mode, stride, pad, h_low, w_low, out_size)
+    low, up_w, up_b, convs, biases, norms, side5, sides, grad = inputs
+    leaves = [t for t in (low, up_w, up_b, *convs, *biases) if t is not None]
+    leaves += [t for n in norms for t in (n.weight, n.bias)] + [side5, sides]
+    results = []
+    for backend in ("torch", "triton"):
+        out = fused_learner_fuse(
+            low, up_w, up_b, convs, biases, norms, side5, sides, geometry,
+            batch_stats=batch_stats, activation=activation, chunk_elements=40, backend=backend,
+        )  # fmt: skip
+        grads = torch.autograd.grad(out.fuse, leaves, grad)
+        results.append((out, grads))
+    (want, want_g), (got, got_g) = results
+    torch.testing.assert_close(got.fuse, want.fuse, rtol=1e-11, atol=1e-11)
+    if batch_stats:
+        for name in ("batch_mean", "batch_var", "batch_var_unbiased"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-11, atol=1e-11)
+    # At the scale of the largest gradient: biases in front of a training-mode BatchNorm have a zero
+    # gradient up to rounding.
+    scale = max(float(g.abs().max()) for g in want_g)
+    for i, (g_got, g_want) in enumerate(zip(got_g, want_g, strict=True)):
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-10 * scale, msg=f"input {i}")
