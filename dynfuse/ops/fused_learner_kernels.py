@@ -63,7 +63,7 @@ PASS_GRAD = 3
 
 @triton.jit
 def _dot(x, w, DOT_LOW: tl.constexpr):
-    """(BLOCK, CP) @ (CP, CP) with float32 (or the inputs' float64) accumulation; DOT_LOW: 0 full
+    """(BLOCK, M) @ (M, N) with float32 (or the inputs' float64) accumulation; DOT_LOW: 0 full
     precision, 1 bf16 operands (tensor cores), 2 bf16-rounded operands multiplied in float32 (the
     interpreter's stand-in for 1: its bf16 dot returns garbage in Triton 3.8)."""
     if DOT_LOW == 1:
@@ -77,18 +77,49 @@ def _dot(x, w, DOT_LOW: tl.constexpr):
 
 
 @triton.jit
-def _vec(ptr, layer, chan, CP: tl.constexpr):
-    """Layer ``layer``'s per-channel vector as a (1, CP) row (vectors stored as (3, CP))."""
-    return tl.load(ptr + layer * CP + chan)[None, :]
+def _vec(ptr, layer, ch, LD: tl.constexpr):
+    """Layer ``layer``'s per-channel vector at channels ``ch`` as a (1, len(ch)) row (vectors are
+    stored as (3, LD))."""
+    return tl.load(ptr + layer * LD + ch)[None, :]
 
 
 @triton.jit
-def _matrix(ptr, chan, CP: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """A (CP, CP) matrix stored row-major; its transpose when TRANSPOSED."""
+def _block(ptr, rows, cols, LD: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """The (len(rows), len(cols)) block of a row-major (LD, LD) matrix M, or of M^T when TRANSPOSED."""
     if TRANSPOSED:
-        return tl.load(ptr + chan[None, :] * CP + chan[:, None])
+        return tl.load(ptr + cols[None, :] * LD + rows[:, None])
     else:
-        return tl.load(ptr + chan[:, None] * CP + chan[None, :])
+        return tl.load(ptr + rows[:, None] * LD + cols[None, :])
+
+
+@triton.jit
+def _mix(xa, xb, ptr, ca, cb, LD: tl.constexpr, HAS_B: tl.constexpr, TRANSPOSED: tl.constexpr,
+         DOT_LOW: tl.constexpr):  # fmt: skip
+    """(xa | xb) @ M for the two parts of a tile (channels ca, cb): four block dots, one without a
+    second part (its tile then stays zero)."""
+    ya = _dot(xa, _block(ptr, ca, ca, LD, TRANSPOSED), DOT_LOW).to(xa.dtype)
+    if HAS_B:
+        ya += _dot(xb, _block(ptr, cb, ca, LD, TRANSPOSED), DOT_LOW).to(xa.dtype)
+        yb = _dot(xa, _block(ptr, ca, cb, LD, TRANSPOSED), DOT_LOW).to(xa.dtype)
+        yb += _dot(xb, _block(ptr, cb, cb, LD, TRANSPOSED), DOT_LOW).to(xa.dtype)
+    else:
+        yb = tl.zeros(xb.shape, xb.dtype)
+    return ya, yb
+
+
+@triton.jit
+def _bn(a, layer, ch, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, LD: tl.constexpr):
+    """BatchNorm of one part: (xhat, y)."""
+    xh = (a - _vec(mean_ptr, layer, ch, LD)) * _vec(invstd_ptr, layer, ch, LD)
+    return xh, xh * _vec(gamma_ptr, layer, ch, LD) + _vec(beta_ptr, layer, ch, LD)
+
+
+@triton.jit
+def _bn_back(dy, xh, vm, layer, ch, gamma_ptr, invstd_ptr, m1_ptr, m2_ptr, LD: tl.constexpr):
+    """BatchNorm's backward of one part with the global corrections: da, zero outside the image."""
+    coef = _vec(gamma_ptr, layer, ch, LD) * _vec(invstd_ptr, layer, ch, LD)
+    da = (dy - _vec(m1_ptr, layer, ch, LD) - xh * _vec(m2_ptr, layer, ch, LD)) * coef
+    return tl.where(vm, da, 0.0)
 
 
 @triton.jit
@@ -113,10 +144,23 @@ def _tile_pixels(Y, g, W, w_low, s, p, BLOCK: tl.constexpr, DECONV: tl.constexpr
 
 
 @triton.jit
+def _resize_part(z_img, y0, y1, ly, x0, x1, lx, m, ch, w_low, LD: tl.constexpr):
+    """Mode "resize": the bilinear (or cropped) read of one part's channels ``ch``."""
+    c = ch[None, :]
+    v00 = tl.load(z_img + (y0 * w_low + x0)[:, None] * LD + c, mask=m, other=0.0)
+    v01 = tl.load(z_img + (y0 * w_low + x1)[:, None] * LD + c, mask=m, other=0.0)
+    v10 = tl.load(z_img + (y1 * w_low + x0)[:, None] * LD + c, mask=m, other=0.0)
+    v11 = tl.load(z_img + (y1 * w_low + x1)[:, None] * LD + c, mask=m, other=0.0)
+    left = v00 * (1 - ly) + v10 * ly
+    right = v01 * (1 - ly) + v11 * ly
+    return left * (1 - lx) + right * lx
+
+
+@triton.jit
 def _a1_tile(
-    z_ptr,  # (B, h_low, w_low, CP) low-resolution map, channels last, padded layout
-    tap_ptr,  # "deconv": (s, s, 2, 2, CP, CP) folded taps [phi, psi, a, b, c_in, c_out]
-    bias1_ptr,  # "deconv": (CP,) conv1's bias
+    z_ptr,  # (B, h_low, w_low, LD) low-resolution map, channels last, padded layout
+    tap_ptr,  # "deconv": (s, s, 2, 2, LD, LD) folded taps [phi, psi, a, b, c_in, c_out]
+    bias1_ptr,  # "deconv": (LD,) conv1's bias
     rows_ptr,  # "resize": int32 (H, 2) source rows of each output row, and ...
     row_lam_ptr,  # ... (H,) weight of the second one
     cols_ptr,  # "resize": int32 (W, 2) source columns, and ...
@@ -132,16 +176,19 @@ def _a1_tile(
     w_low,
     s,
     p,
-    chan,
-    CP: tl.constexpr,
+    ca,
+    cb,
+    LD: tl.constexpr,
+    HAS_B: tl.constexpr,
     DECONV: tl.constexpr,
     DOT_LOW: tl.constexpr,
 ):
-    """a1 of one tile, (BLOCK, CP) in the compute dtype."""
-    z_img = z_ptr + b.to(tl.int64) * h_low * w_low * CP
+    """a1 of one tile as its two parts, (BLOCK, CPA) and (BLOCK, CPB) in the compute dtype."""
+    z_img = z_ptr + b.to(tl.int64) * h_low * w_low * LD
     if DECONV:
         t0 = (Y + p) // s
-        acc = tl.zeros((x.shape[0], CP), dtype=z_ptr.dtype.element_ty)
+        acc_a = tl.zeros((x.shape[0], ca.shape[0]), dtype=z_ptr.dtype.element_ty)
+        acc_b = tl.zeros((x.shape[0], cb.shape[0]), dtype=z_ptr.dtype.element_ty)
         for a in tl.static_range(2):
             # The row index as a block (not a scalar): Triton 3.9's interpreter rejects a mask made
             # from a scalar condition and a block one.
@@ -149,13 +196,15 @@ def _a1_tile(
             row_ok = (zr >= 0) & (zr < h_low)
             for bb in tl.static_range(2):
                 zc = u - bb
-                ok = valid & (zc >= 0) & (zc < w_low) & row_ok
-                zt = tl.load(
-                    z_img + (zr * w_low + zc)[:, None] * CP + chan[None, :], mask=ok[:, None], other=0.0
-                )
-                tap = tap_ptr + (((phi * s + psi) * 2 + a) * 2 + bb) * CP * CP
-                acc += _dot(zt, _matrix(tap, chan, CP, False), DOT_LOW).to(acc.dtype)
-        return acc + tl.load(bias1_ptr + chan)[None, :]
+                ok = (valid & (zc >= 0) & (zc < w_low) & row_ok)[:, None]
+                pix = (zr * w_low + zc)[:, None] * LD
+                za = tl.load(z_img + pix + ca[None, :], mask=ok, other=0.0)
+                zb = tl.load(z_img + pix + cb[None, :], mask=ok, other=0.0)
+                tap = tap_ptr + (((phi * s + psi) * 2 + a) * 2 + bb) * LD * LD
+                ta, tb = _mix(za, zb, tap, ca, cb, LD, HAS_B, False, DOT_LOW)
+                acc_a += ta
+                acc_b += tb
+        return acc_a + tl.load(bias1_ptr + ca)[None, :], acc_b + tl.load(bias1_ptr + cb)[None, :]
     else:
         y0 = tl.load(rows_ptr + 2 * Y)
         y1 = tl.load(rows_ptr + 2 * Y + 1)
@@ -164,14 +213,9 @@ def _a1_tile(
         x1 = tl.load(cols_ptr + 2 * x + 1, mask=valid, other=0)
         lx = tl.load(col_lam_ptr + x, mask=valid, other=0.0)[:, None]
         m = valid[:, None]
-        c = chan[None, :]
-        v00 = tl.load(z_img + (y0 * w_low + x0)[:, None] * CP + c, mask=m, other=0.0)
-        v01 = tl.load(z_img + (y0 * w_low + x1)[:, None] * CP + c, mask=m, other=0.0)
-        v10 = tl.load(z_img + (y1 * w_low + x0)[:, None] * CP + c, mask=m, other=0.0)
-        v11 = tl.load(z_img + (y1 * w_low + x1)[:, None] * CP + c, mask=m, other=0.0)
-        left = v00 * (1 - ly) + v10 * ly
-        right = v01 * (1 - ly) + v11 * ly
-        return left * (1 - lx) + right * lx
+        part_a = _resize_part(z_img, y0, y1, ly, x0, x1, lx, m, ca, w_low, LD)
+        part_b = _resize_part(z_img, y0, y1, ly, x0, x1, lx, m, cb, w_low, LD)
+        return part_a, part_b
 
 
 @triton.jit
@@ -192,13 +236,14 @@ def _side_tile(
     sd_ss,
     sd_sy,
     sd_sx,
-    KP: tl.constexpr,
+    K0,
+    KX: tl.constexpr,
     SP: tl.constexpr,
     ct: tl.constexpr,
 ):
-    """The concatenation x[b, k, j] = (side5[b, k], sides[b, j-1]) of one tile as (BLOCK, KP, SP),
-    in the compute dtype ``ct``."""
-    k = tl.arange(0, KP)[None, :, None]
+    """The concatenation x[b, k, j] = (side5[b, k], sides[b, j-1]) of classes K0 .. K0+KX-1 of one
+    tile as (BLOCK, KX, SP), in the compute dtype ``ct``."""
+    k = K0 + tl.arange(0, KX)[None, :, None]
     j = tl.arange(0, SP)[None, None, :]
     xp = x[:, None, None]
     ok = valid[:, None, None] & (k < K)
@@ -211,7 +256,7 @@ def _side_tile(
 
 @triton.jit
 def _activate(w3, S, SOFTMAX: tl.constexpr, SP: tl.constexpr):
-    """The fusion's weights (BLOCK, KP, SP): w3 itself, or its softmax over the S+1 real entries."""
+    """The fusion's weights (BLOCK, KX, SP): w3 itself, or its softmax over the S+1 real entries."""
     if SOFTMAX:
         j = tl.arange(0, SP)[None, None, :]
         masked = tl.where(j <= S, w3, float("-inf"))
@@ -219,6 +264,82 @@ def _activate(w3, S, SOFTMAX: tl.constexpr, SP: tl.constexpr):
         return e / tl.sum(e, axis=2)[:, :, None]
     else:
         return w3
+
+
+@triton.jit
+def _fusion_part(
+    w, g_ptr, side5_ptr, sides_ptr, out_ptr, d_side5_ptr, b, Y, x, valid, K, S, H, W,
+    s5_sb, s5_sk, s5_sy, s5_sx, sd_sb, sd_ss, sd_sy, sd_sx, g_sb, g_sk, g_sy, g_sx,
+    K0, BLOCK: tl.constexpr, KX: tl.constexpr, SP: tl.constexpr, SOFTMAX: tl.constexpr,
+    PASS: tl.constexpr, ct: tl.constexpr,
+):  # fmt: skip
+    """The fusion of one part's classes K0 .. K0+KX-1 from its weights w (BLOCK, KX*SP).
+
+    PASS_OUTPUT stores fuse and returns zeros; the backward passes return dy = d w (BLOCK, KX*SP),
+    zero outside the image, and the part's share of d sides (BLOCK, SP) (column j >= 1 is sides[j-1]);
+    PASS_GRAD also stores d side5."""
+    w3 = tl.reshape(w, (BLOCK, KX, SP))
+    xs = _side_tile(
+        side5_ptr, sides_ptr, b, Y, x, valid, K, S,
+        s5_sb, s5_sk, s5_sy, s5_sx, sd_sb, sd_ss, sd_sy, sd_sx, K0, KX, SP, ct,
+    )  # fmt: skip
+    act = _activate(w3, S, SOFTMAX, SP)
+    vm = valid[:, None]
+    kk = K0 + tl.arange(0, KX)[None, :]
+    out_off = ((b.to(tl.int64) * K + kk) * H + Y) * W + x[:, None]
+    out_mask = vm & (kk < K)
+    if PASS == PASS_OUTPUT:
+        fuse = tl.sum(act * xs, axis=2)
+        tl.store(out_ptr + out_off, fuse.to(out_ptr.dtype.element_ty), mask=out_mask)
+        return tl.zeros((BLOCK, KX * SP), ct), tl.zeros((BLOCK, SP), ct)
+    else:
+        g_off = b.to(tl.int64) * g_sb + kk * g_sk + Y * g_sy + x[:, None] * g_sx
+        gk = tl.load(g_ptr + g_off, mask=out_mask, other=0.0).to(ct)
+        d_act = gk[:, :, None] * xs
+        if SOFTMAX:
+            d_w3 = act * (d_act - tl.sum(act * d_act, axis=2)[:, :, None])
+        else:
+            d_w3 = d_act
+        ga = gk[:, :, None] * act
+        if PASS == PASS_GRAD:
+            jj = tl.arange(0, SP)[None, None, :]
+            d5 = tl.sum(tl.where(jj == 0, ga, 0.0), axis=2)
+            tl.store(d_side5_ptr + out_off, d5.to(d_side5_ptr.dtype.element_ty), mask=out_mask)
+        dy = tl.where(vm, tl.reshape(d_w3, (BLOCK, KX * SP)), 0.0)
+        return dy, tl.sum(ga, axis=1)
+
+
+@triton.jit
+def _stats_update(n_acc, mean_acc, m2_acc, a, vm, n_t):
+    """Chan's parallel combination of a tile's (count n_t, mean, M2) into the row's (one part)."""
+    a_v = tl.where(vm, a, 0.0)
+    mean_t = tl.sum(a_v, axis=0) / tl.maximum(n_t, 1.0)
+    dev = tl.where(vm, a - mean_t[None, :], 0.0)
+    m2_t = tl.sum(dev * dev, axis=0)
+    n_new = n_acc + n_t
+    delta = mean_t - mean_acc
+    mean_acc = mean_acc + delta * (n_t / tl.maximum(n_new, 1.0))
+    m2_acc = m2_acc + m2_t + delta * delta * (n_acc * n_t / tl.maximum(n_new, 1.0))
+    return mean_acc, m2_acc
+
+
+@triton.jit
+def _sums(acc, rows, first, dy, xh):
+    """acc (8, CPX) with sum(dy) added to row ``first`` and sum(dy * xhat) to row first + 1."""
+    acc += tl.where(rows == first, tl.sum(dy, axis=0)[None, :], 0.0)
+    acc += tl.where(rows == first + 1, tl.sum(dy * xh, axis=0)[None, :], 0.0)
+    return acc
+
+
+@triton.jit
+def _store_rows(ptr, row_id, acc, rows, n_rows: tl.constexpr, ch, LD: tl.constexpr):
+    """Rows 0 .. n_rows-1 of acc (8, len(ch)) into the (n_rows, LD) partial of row ``row_id``."""
+    tl.store(ptr + (row_id * n_rows + rows) * LD + ch[None, :], acc, mask=rows < n_rows)
+
+
+@triton.jit
+def _store_tile(ptr, pix, ch, t, vm):
+    tl.store(ptr + pix + ch[None, :], t.to(ptr.dtype.element_ty), mask=vm)
 
 
 @triton.jit
@@ -231,12 +352,12 @@ def learner_pass_kernel(
     row_lam_ptr,
     cols_ptr,
     col_lam_ptr,
-    # learner: W2, W3 as (CP, CP) [c_out, c_in]; b2, b3 (CP,) each
+    # learner: W2, W3 as (LD, LD) [c_out, c_in]; b2, b3 (LD,) each
     w2_ptr,
     b2_ptr,
     w3_ptr,
     b3_ptr,
-    # BatchNorm, each (3, CP): gamma, beta, mean, invstd; the backward corrections mean(dy),
+    # BatchNorm, each (3, LD): gamma, beta, mean, invstd; the backward corrections mean(dy),
     # mean(dy * xhat) (zeros in eval mode and for layers whose sums are not known yet)
     gamma_ptr,
     beta_ptr,
@@ -261,8 +382,8 @@ def learner_pass_kernel(
     g_sy,
     g_sx,
     # outputs: fuse (B, K, H, W) contiguous (PASS_OUTPUT); d side5 (B, K, H, W) and d sides
-    # (B, S, H, W) contiguous (PASS_GRAD); per-row partials (rows, NPART, CP); scratch (PASS_GRAD):
-    # five (B, rows, W, CP) tiles da1, h1, da2, h2, da3 of this launch's rows
+    # (B, S, H, W) contiguous (PASS_GRAD); per-row partials (rows, 2 or 6, LD); scratch (PASS_GRAD):
+    # five (B, rows, W, LD) tiles da1, h1, da2, h2, da3 of this launch's rows
     out_ptr,
     d_side5_ptr,
     d_sides_ptr,
@@ -285,156 +406,143 @@ def learner_pass_kernel(
     SOFTMAX: tl.constexpr,
     DOT_LOW: tl.constexpr,
     BLOCK: tl.constexpr,
-    KP: tl.constexpr,
+    KA: tl.constexpr,  # classes in part A: columns 0 .. KA*SP - 1
+    KB: tl.constexpr,  # classes in part B: columns KA*SP .. (KA+KB)*SP - 1 (all zero if not HAS_B)
     SP: tl.constexpr,
+    HAS_B: tl.constexpr,
 ):
-    CP: tl.constexpr = KP * SP
+    CPA: tl.constexpr = KA * SP
+    CPB: tl.constexpr = KB * SP
+    LD: tl.constexpr = CPA + CPB
     r_local = tl.program_id(0)
     b = tl.program_id(1)
     n_rows = tl.num_programs(0)
     Y = row0 + r_local
-    chan = tl.arange(0, CP)
+    ca = tl.arange(0, CPA)
+    cb = CPA + tl.arange(0, CPB)
     row_id = (b * n_rows + r_local).to(tl.int64)
     ct = z_ptr.dtype.element_ty
+    rows8 = tl.arange(0, 8)[:, None]
 
-    # Running per-row results: statistics (count, mean, M2) or the six sums of the backward.
+    # Per-row results of each part: (mean, M2) of the statistics pass, or the sums of the backward
+    # passes in the rows of an (8, CPX) block (2l: sum dy_l, 2l + 1: sum dy_l * xhat_l).
     n_acc = tl.sum(tl.zeros((BLOCK,), dtype=ct), axis=0)
-    mean_acc = tl.zeros((CP,), dtype=tl.float32).to(ct)
-    m2_acc = tl.zeros((CP,), dtype=tl.float32).to(ct)
-    sum_a = tl.zeros((CP,), dtype=tl.float32).to(ct)
-    sum_b = tl.zeros((CP,), dtype=tl.float32).to(ct)
-    sum_c = tl.zeros((CP,), dtype=tl.float32).to(ct)
-    sum_d = tl.zeros((CP,), dtype=tl.float32).to(ct)
-    sum_e = tl.zeros((CP,), dtype=tl.float32).to(ct)
-    sum_f = tl.zeros((CP,), dtype=tl.float32).to(ct)
+    mean_a = tl.zeros((CPA,), dtype=ct)
+    m2_a = tl.zeros((CPA,), dtype=ct)
+    mean_b = tl.zeros((CPB,), dtype=ct)
+    m2_b = tl.zeros((CPB,), dtype=ct)
+    acc_a = tl.zeros((8, CPA), dtype=ct)
+    acc_b = tl.zeros((8, CPB), dtype=ct)
 
     for g in range(0, n_tiles):
         x, valid, u, phi, psi = _tile_pixels(Y, g, W, w_low, s, p, BLOCK, DECONV)
         vm = valid[:, None]
-        a1 = _a1_tile(
+        a1a, a1b = _a1_tile(
             z_ptr, tap_ptr, bias1_ptr, rows_ptr, row_lam_ptr, cols_ptr, col_lam_ptr,
-            b, Y, x, u, valid, phi, psi, h_low, w_low, s, p, chan, CP, DECONV, DOT_LOW,
+            b, Y, x, u, valid, phi, psi, h_low, w_low, s, p, ca, cb, LD, HAS_B, DECONV, DOT_LOW,
         )  # fmt: skip
         # ---- forward chain, as far as this pass needs it ---------------------------------------
         if PASS == PASS_STATS and LAYER == 0:
-            a_stat = a1
+            sta, stb = a1a, a1b
         else:
-            xh0 = (a1 - _vec(mean_ptr, 0, chan, CP)) * _vec(invstd_ptr, 0, chan, CP)
-            y0 = xh0 * _vec(gamma_ptr, 0, chan, CP) + _vec(beta_ptr, 0, chan, CP)
-            h1 = tl.maximum(y0, 0.0)
-            a2 = _dot(h1, _matrix(w2_ptr, chan, CP, True), DOT_LOW).to(ct) + tl.load(b2_ptr + chan)[None, :]
+            xh0a, y0a = _bn(a1a, 0, ca, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, LD)
+            xh0b, y0b = _bn(a1b, 0, cb, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, LD)
+            h1a = tl.maximum(y0a, 0.0)
+            h1b = tl.maximum(y0b, 0.0)
+            a2a, a2b = _mix(h1a, h1b, w2_ptr, ca, cb, LD, HAS_B, True, DOT_LOW)
+            a2a += tl.load(b2_ptr + ca)[None, :]
+            a2b += tl.load(b2_ptr + cb)[None, :]
             if PASS == PASS_STATS and LAYER == 1:
-                a_stat = a2
+                sta, stb = a2a, a2b
             else:
-                xh1 = (a2 - _vec(mean_ptr, 1, chan, CP)) * _vec(invstd_ptr, 1, chan, CP)
-                y1 = xh1 * _vec(gamma_ptr, 1, chan, CP) + _vec(beta_ptr, 1, chan, CP)
-                h2 = tl.maximum(y1, 0.0)
-                a3 = (
-                    _dot(h2, _matrix(w3_ptr, chan, CP, True), DOT_LOW).to(ct)
-                    + tl.load(b3_ptr + chan)[None, :]
-                )
-                a_stat = a3
+                xh1a, y1a = _bn(a2a, 1, ca, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, LD)
+                xh1b, y1b = _bn(a2b, 1, cb, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, LD)
+                h2a = tl.maximum(y1a, 0.0)
+                h2b = tl.maximum(y1b, 0.0)
+                a3a, a3b = _mix(h2a, h2b, w3_ptr, ca, cb, LD, HAS_B, True, DOT_LOW)
+                a3a += tl.load(b3_ptr + ca)[None, :]
+                a3b += tl.load(b3_ptr + cb)[None, :]
+                sta, stb = a3a, a3b
         # ---- per-pass work ---------------------------------------------------------------------
         if PASS == PASS_STATS:
-            # Chan's parallel combination of this tile's (count, mean, M2) into the row's.
             n_t = tl.sum(valid.to(ct), axis=0)
-            a_v = tl.where(vm, a_stat, 0.0)
-            mean_t = tl.sum(a_v, axis=0) / tl.maximum(n_t, 1.0)
-            dev = tl.where(vm, a_stat - mean_t[None, :], 0.0)
-            m2_t = tl.sum(dev * dev, axis=0)
-            n_new = n_acc + n_t
-            delta = mean_t - mean_acc
-            mean_acc = mean_acc + delta * (n_t / tl.maximum(n_new, 1.0))
-            m2_acc = m2_acc + m2_t + delta * delta * (n_acc * n_t / tl.maximum(n_new, 1.0))
-            n_acc = n_new
+            mean_a, m2_a = _stats_update(n_acc, mean_a, m2_a, sta, vm, n_t)
+            mean_b, m2_b = _stats_update(n_acc, mean_b, m2_b, stb, vm, n_t)
+            n_acc = n_acc + n_t
         else:
-            xh2 = (a3 - _vec(mean_ptr, 2, chan, CP)) * _vec(invstd_ptr, 2, chan, CP)
-            w = xh2 * _vec(gamma_ptr, 2, chan, CP) + _vec(beta_ptr, 2, chan, CP)
-            w3 = tl.reshape(w, (BLOCK, KP, SP))
-            xs = _side_tile(
-                side5_ptr, sides_ptr, b, Y, x, valid, K, S,
-                s5_sb, s5_sk, s5_sy, s5_sx, sd_sb, sd_ss, sd_sy, sd_sx, KP, SP, ct,
+            xh2a, wa = _bn(a3a, 2, ca, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, LD)
+            xh2b, wb = _bn(a3b, 2, cb, mean_ptr, invstd_ptr, gamma_ptr, beta_ptr, LD)
+            dy2a, dsa = _fusion_part(
+                wa, grad_ptr, side5_ptr, sides_ptr, out_ptr, d_side5_ptr, b, Y, x, valid, K, S, H, W,
+                s5_sb, s5_sk, s5_sy, s5_sx, sd_sb, sd_ss, sd_sy, sd_sx, g_sb, g_sk, g_sy, g_sx,
+                0, BLOCK, KA, SP, SOFTMAX, PASS, ct,
             )  # fmt: skip
-            act = _activate(w3, S, SOFTMAX, SP)
-            kk = tl.arange(0, KP)[None, :]
-            out_off = ((b.to(tl.int64) * K + kk) * H + Y) * W + x[:, None]
-            out_mask = vm & (kk < K)
-            if PASS == PASS_OUTPUT:
-                fuse = tl.sum(act * xs, axis=2)
-                tl.store(out_ptr + out_off, fuse.to(out_ptr.dtype.element_ty), mask=out_mask)
-            else:
-                # ---- backward: the fusion, then each BatchNorm with its corrections --------------
-                g_off = b.to(tl.int64) * g_sb + kk * g_sk + Y * g_sy + x[:, None] * g_sx
-                gk = tl.load(grad_ptr + g_off, mask=out_mask, other=0.0).to(ct)
-                d_act = gk[:, :, None] * xs
-                if SOFTMAX:
-                    d_w3 = act * (d_act - tl.sum(act * d_act, axis=2)[:, :, None])
+            dy2b, dsb = _fusion_part(
+                wb, grad_ptr, side5_ptr, sides_ptr, out_ptr, d_side5_ptr, b, Y, x, valid, K, S, H, W,
+                s5_sb, s5_sk, s5_sy, s5_sx, sd_sb, sd_ss, sd_sy, sd_sx, g_sb, g_sk, g_sy, g_sx,
+                KA, BLOCK, KB, SP, SOFTMAX, PASS, ct,
+            )  # fmt: skip
+            if PASS == PASS_GRAD:
+                ds = dsa + dsb
+                j2 = tl.arange(0, SP)[None, :]
+                ds_off = ((b.to(tl.int64) * S + (j2 - 1)) * H + Y) * W + x[:, None]
+                ds_mask = vm & (j2 >= 1) & (j2 <= S)
+                tl.store(d_sides_ptr + ds_off, ds.to(d_sides_ptr.dtype.element_ty), mask=ds_mask)
+            if PASS == PASS_SUMS and LAYER == 2:
+                acc_a = _sums(acc_a, rows8, 0, dy2a, xh2a)
+                acc_b = _sums(acc_b, rows8, 0, dy2b, xh2b)
+            elif PASS != PASS_OUTPUT:
+                # ---- backward through each BatchNorm (with its corrections) and layer ------------
+                da3a = _bn_back(dy2a, xh2a, vm, 2, ca, gamma_ptr, invstd_ptr, m1_ptr, m2_ptr, LD)
+                da3b = _bn_back(dy2b, xh2b, vm, 2, cb, gamma_ptr, invstd_ptr, m1_ptr, m2_ptr, LD)
+                dh2a, dh2b = _mix(da3a, da3b, w3_ptr, ca, cb, LD, HAS_B, False, DOT_LOW)
+                dy1a = tl.where(y1a > 0, dh2a, 0.0)
+                dy1b = tl.where(y1b > 0, dh2b, 0.0)
+                if PASS == PASS_SUMS and LAYER == 1:
+                    acc_a = _sums(acc_a, rows8, 0, dy1a, xh1a)
+                    acc_b = _sums(acc_b, rows8, 0, dy1b, xh1b)
                 else:
-                    d_w3 = d_act
-                dy2 = tl.where(vm, tl.reshape(d_w3, (BLOCK, CP)), 0.0)
-                if PASS == PASS_GRAD:
-                    jj = tl.arange(0, SP)[None, None, :]
-                    ga = gk[:, :, None] * act
-                    d5 = tl.sum(tl.where(jj == 0, ga, 0.0), axis=2)
-                    tl.store(d_side5_ptr + out_off, d5.to(d_side5_ptr.dtype.element_ty), mask=out_mask)
-                    ds = tl.sum(ga, axis=1)  # (BLOCK, SP): column j >= 1 is sides[j - 1]
-                    j2 = tl.arange(0, SP)[None, :]
-                    ds_off = ((b.to(tl.int64) * S + (j2 - 1)) * H + Y) * W + x[:, None]
-                    ds_mask = vm & (j2 >= 1) & (j2 <= S)
-                    tl.store(d_sides_ptr + ds_off, ds.to(d_sides_ptr.dtype.element_ty), mask=ds_mask)
-                if PASS == PASS_SUMS and LAYER == 2:
-                    sum_a += tl.sum(dy2, axis=0)
-                    sum_b += tl.sum(dy2 * xh2, axis=0)
-                else:
-                    coef2 = _vec(gamma_ptr, 2, chan, CP) * _vec(invstd_ptr, 2, chan, CP)
-                    da3 = (dy2 - _vec(m1_ptr, 2, chan, CP) - xh2 * _vec(m2_ptr, 2, chan, CP)) * coef2
-                    da3 = tl.where(vm, da3, 0.0)
-                    dh2 = _dot(da3, _matrix(w3_ptr, chan, CP, False), DOT_LOW).to(ct)
-                    dy1 = tl.where(y1 > 0, dh2, 0.0)
-                    if PASS == PASS_SUMS and LAYER == 1:
-                        sum_a += tl.sum(dy1, axis=0)
-                        sum_b += tl.sum(dy1 * xh1, axis=0)
+                    da2a = _bn_back(dy1a, xh1a, vm, 1, ca, gamma_ptr, invstd_ptr, m1_ptr, m2_ptr, LD)
+                    da2b = _bn_back(dy1b, xh1b, vm, 1, cb, gamma_ptr, invstd_ptr, m1_ptr, m2_ptr, LD)
+                    dh1a, dh1b = _mix(da2a, da2b, w2_ptr, ca, cb, LD, HAS_B, False, DOT_LOW)
+                    dy0a = tl.where(y0a > 0, dh1a, 0.0)
+                    dy0b = tl.where(y0b > 0, dh1b, 0.0)
+                    if PASS == PASS_SUMS:
+                        acc_a = _sums(acc_a, rows8, 0, dy0a, xh0a)
+                        acc_b = _sums(acc_b, rows8, 0, dy0b, xh0b)
                     else:
-                        coef1 = _vec(gamma_ptr, 1, chan, CP) * _vec(invstd_ptr, 1, chan, CP)
-                        da2 = (dy1 - _vec(m1_ptr, 1, chan, CP) - xh1 * _vec(m2_ptr, 1, chan, CP)) * coef1
-                        da2 = tl.where(vm, da2, 0.0)
-                        dh1 = _dot(da2, _matrix(w2_ptr, chan, CP, False), DOT_LOW).to(ct)
-                        dy0 = tl.where(y0 > 0, dh1, 0.0)
-                        if PASS == PASS_SUMS:
-                            sum_a += tl.sum(dy0, axis=0)
-                            sum_b += tl.sum(dy0 * xh0, axis=0)
-                        else:
-                            coef0 = _vec(gamma_ptr, 0, chan, CP) * _vec(invstd_ptr, 0, chan, CP)
-                            da1 = (dy0 - _vec(m1_ptr, 0, chan, CP) - xh0 * _vec(m2_ptr, 0, chan, CP)) * coef0
-                            # d beta_l, d gamma_l of all three layers.
-                            sum_a += tl.sum(dy0, axis=0)
-                            sum_b += tl.sum(dy0 * xh0, axis=0)
-                            sum_c += tl.sum(dy1, axis=0)
-                            sum_d += tl.sum(dy1 * xh1, axis=0)
-                            sum_e += tl.sum(dy2, axis=0)
-                            sum_f += tl.sum(dy2 * xh2, axis=0)
-                            # The tiles the weight gradients need, for the host's GEMMs.
-                            plane = tl.num_programs(1).to(tl.int64) * n_rows * W * CP
-                            sc_off = (row_id * W + x[:, None]) * CP + chan[None, :]
-                            st = scratch_ptr.dtype.element_ty
-                            tl.store(scratch_ptr + sc_off, da1.to(st), mask=vm)
-                            tl.store(scratch_ptr + plane + sc_off, h1.to(st), mask=vm)
-                            tl.store(scratch_ptr + 2 * plane + sc_off, da2.to(st), mask=vm)
-                            tl.store(scratch_ptr + 3 * plane + sc_off, h2.to(st), mask=vm)
-                            tl.store(scratch_ptr + 4 * plane + sc_off, da3.to(st), mask=vm)
+                        # d beta_l, d gamma_l of all three layers.
+                        acc_a = _sums(acc_a, rows8, 0, dy0a, xh0a)
+                        acc_a = _sums(acc_a, rows8, 2, dy1a, xh1a)
+                        acc_a = _sums(acc_a, rows8, 4, dy2a, xh2a)
+                        acc_b = _sums(acc_b, rows8, 0, dy0b, xh0b)
+                        acc_b = _sums(acc_b, rows8, 2, dy1b, xh1b)
+                        acc_b = _sums(acc_b, rows8, 4, dy2b, xh2b)
+                        # The tiles the weight gradients need, for the host's GEMMs.
+                        da1a = _bn_back(dy0a, xh0a, vm, 0, ca, gamma_ptr, invstd_ptr, m1_ptr, m2_ptr, LD)
+                        da1b = _bn_back(dy0b, xh0b, vm, 0, cb, gamma_ptr, invstd_ptr, m1_ptr, m2_ptr, LD)
+                        plane = tl.num_programs(1).to(tl.int64) * n_rows * W * LD
+                        pix = (row_id * W + x[:, None]) * LD
+                        _store_tile(scratch_ptr + pix, 0, ca, da1a, vm)
+                        _store_tile(scratch_ptr + pix, 0, cb, da1b, vm)
+                        _store_tile(scratch_ptr + plane + pix, 0, ca, h1a, vm)
+                        _store_tile(scratch_ptr + plane + pix, 0, cb, h1b, vm)
+                        _store_tile(scratch_ptr + 2 * plane + pix, 0, ca, da2a, vm)
+                        _store_tile(scratch_ptr + 2 * plane + pix, 0, cb, da2b, vm)
+                        _store_tile(scratch_ptr + 3 * plane + pix, 0, ca, h2a, vm)
+                        _store_tile(scratch_ptr + 3 * plane + pix, 0, cb, h2b, vm)
+                        _store_tile(scratch_ptr + 4 * plane + pix, 0, ca, da3a, vm)
+                        _store_tile(scratch_ptr + 4 * plane + pix, 0, cb, da3b, vm)
 
     # ---- per-row partial results ---------------------------------------------------------------
     if PASS == PASS_STATS:
-        tl.store(part_ptr + row_id * 2 * CP + chan, mean_acc)
-        tl.store(part_ptr + row_id * 2 * CP + CP + chan, m2_acc)
+        tl.store(part_ptr + row_id * 2 * LD + ca, mean_a)
+        tl.store(part_ptr + row_id * 2 * LD + LD + ca, m2_a)
+        tl.store(part_ptr + row_id * 2 * LD + cb, mean_b)
+        tl.store(part_ptr + row_id * 2 * LD + LD + cb, m2_b)
     elif PASS == PASS_SUMS:
-        tl.store(part_ptr + row_id * 2 * CP + chan, sum_a)
-        tl.store(part_ptr + row_id * 2 * CP + CP + chan, sum_b)
+        _store_rows(part_ptr, row_id, acc_a, rows8, 2, ca, LD)
+        _store_rows(part_ptr, row_id, acc_b, rows8, 2, cb, LD)
     elif PASS == PASS_GRAD:
-        base = part_ptr + row_id * 6 * CP + chan
-        tl.store(base, sum_a)
-        tl.store(base + CP, sum_b)
-        tl.store(base + 2 * CP, sum_c)
-        tl.store(base + 3 * CP, sum_d)
-        tl.store(base + 4 * CP, sum_e)
-        tl.store(base + 5 * CP, sum_f)
+        _store_rows(part_ptr, row_id, acc_a, rows8, 6, ca, LD)
+        _store_rows(part_ptr, row_id, acc_b, rows8, 6, cb, LD)
