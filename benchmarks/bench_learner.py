@@ -14,7 +14,9 @@ the features and every head parameter. Variants:
     unfused      DFFHead as the paper (Side5-w and the learner at the output size)
     top          learner_resolution="top" (Side5-w and the learner at stride 8; not the paper's model)
     checkpoint   the learner under activation checkpointing (CheckpointedAdaptiveLearner)
-    fused        fused_learner=True (dynfuse.ops.fused_learner)
+    fused        fused_learner=True (dynfuse.ops.fused_learner) on its plain-PyTorch passes
+    fused-triton       ... on its Triton kernel (CUDA only), tiles in two parts (80 columns at K=19)
+    fused-triton-wide  ... on its Triton kernel with one 128-column tile part (for comparison)
     floor        learner="fixed" (no Side5-w, no learner: the side blocks, the fusion and the feature
                  gradients that every variant holds; not a DFF model, listed to show what the
                  branch itself costs: "branch MB" = peak - floor's peak)
@@ -61,14 +63,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 K, S = 19, 3
 CHANNELS = (64, 256, 512, 2048)
 STRIDES = (1, 2, 4, 8)
-VARIANTS = ("unfused", "top", "checkpoint", "fused", "fused-triton", "floor")
+VARIANTS = ("unfused", "top", "checkpoint", "fused", "fused-triton", "fused-triton-wide", "floor")
+#: The fused branch's Triton kernel with its tile layout (TritonLearnerPasses.split): the default
+#: (two parts where narrower: 80 columns at K=19) and one 128-wide part, to compare the two.
+KERNEL_VARIANTS = {"fused-triton": None, "fused-triton-wide": False}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def variants_for(device: torch.device) -> tuple[str, ...]:
     """The variants measured on ``device``: the Triton kernel only on CUDA (under the CPU interpreter
     it is a test oracle, far too slow to time)."""
-    return tuple(v for v in VARIANTS if v != "fused-triton" or device.type == "cuda")
+    return tuple(v for v in VARIANTS if v not in KERNEL_VARIANTS or device.type == "cuda")
 
 
 def make_head(
@@ -76,14 +81,15 @@ def make_head(
 ) -> DFFHead:
     """The head of ``variant``, with ``base``'s parameters where the architectures agree."""
     kwargs = {"top": dict(learner_resolution="top"), "floor": dict(learner="fixed")}.get(variant, {})
-    fused = variant in ("fused", "fused-triton")
+    fused = variant == "fused" or variant in KERNEL_VARIANTS
     head = DFFHead(CHANNELS, K, strides=STRIDES, fused_learner=fused, **kwargs)
     if base is not None and variant not in ("top", "floor"):
         head.load_state_dict(base.state_dict())
     if variant == "checkpoint":
         head.learner.__class__ = CheckpointedAdaptiveLearner
     if fused:
-        head.fused_learner.backend = "triton" if variant == "fused-triton" else "torch"
+        head.fused_learner.backend = "triton" if variant in KERNEL_VARIANTS else "torch"
+    head.bench_split = KERNEL_VARIANTS.get(variant)  # read by head_step
     return head.to(device=device, dtype=dtype).train()
 
 
@@ -107,6 +113,11 @@ def make_inputs(
 
 
 def head_step(head: DFFHead, feats, grads) -> torch.Tensor:
+    split = getattr(head, "bench_split", None)
+    if head.fused_learner is not None and head.fused_learner.backend == "triton":
+        from dynfuse.ops.fused_learner_triton import TritonLearnerPasses
+
+        TritonLearnerPasses.split = split  # this variant's tile layout, forward and backward
     out = head(feats)
     wrt = [f for f in feats if f.requires_grad] + list(head.parameters())
     torch.autograd.grad((out.fuse, out.side5), wrt, grads)
@@ -283,7 +294,7 @@ def targets(rows: list[dict[str, object]], device: torch.device, dtype_name: str
     by = {str(r["variant"]): r for r in rows}
     unfused = by["unfused"]
     out = []
-    for name in ("fused", "fused-triton"):
+    for name in ("fused", *KERNEL_VARIANTS):
         r = by.get(name)
         if r is None:
             continue

@@ -1,14 +1,15 @@
 """Triton kernels of the fused location-adaptive branch (see :mod:`dynfuse.ops.fused_learner`).
 
 Layering (as in Liger-Kernel and :mod:`dynfuse.ops.triton_kernels`): this ``@triton.jit`` kernel and
-its helpers -> the launchers and the autograd schedule in :mod:`dynfuse.ops.fused_learner_triton`
--> :func:`dynfuse.ops.fused_learner.fused_learner_fuse` (``backend="triton"``).
+its helpers -> the launchers and passes in :mod:`dynfuse.ops.fused_learner_triton` -> the schedule
+and :func:`dynfuse.ops.fused_learner.fused_learner_fuse` (``backend="triton"``).
 
 One kernel, four passes (``PASS``), one program per output row (b, Y) that loops over tiles of
-``BLOCK`` pixels of its row. Per tile the learner's chain runs on a (BLOCK, CP) register tile, pixels
-by channels, with every channel mixing as ``tl.dot`` on the tensor cores:
+``BLOCK`` pixels of its row. Per tile the learner's chain runs on a register tile, pixels by
+channels, held as two parts (see "Channel layout"), with every channel mixing as ``tl.dot`` on the
+tensor cores:
 
-    a1 = sum over the 2x2 taps of dot(z tap (BLOCK, CP), folded deconv weight (CP, CP)) + b1
+    a1 = sum over the 2x2 taps of dot(z tap (BLOCK, LD), folded deconv weight (LD, LD)) + b1
          (or, mode "resize", the bilinear / cropped read of the low-resolution a1)
     y_l = xhat_l * gamma_l + beta_l,   xhat_l = (a_l - mean_l) * invstd_l,   h_l = relu(y_l)
     a2 = dot(h1, W2^T) + b2,   a3 = dot(h2, W3^T) + b3,   w = y_3
@@ -31,16 +32,20 @@ values per row; atomics would be C^2 per tile. The host instead multiplies the s
 chunk of rows with one GEMM each (``da3^T h2``...) and runs the transposed convolution's backward on
 ``da1`` with the convolution library: scratch is chunk-sized, never (B, C, H, W).
 
-Channel layout: channel c = k*(S+1) + j of the learner lives at column k*SP + j of the tile (SP =
-next power of two >= S+1, KP = next power of two >= K, CP = KP*SP), so a tile reshaped to (BLOCK,
-KP, SP) holds each class's S+1 weights on the last axis, where the fusion and the softmax reduce.
-The host pads every parameter into this layout with zeros; the padding channels stay exactly 0
-(zero weights, zero gamma/beta/mean), so they never touch a real channel.
+Channel layout (:class:`dynfuse.ops.fused_learner_triton.ChannelLayout`): channel c = k*(S+1) + j
+of the learner lives at column k*SP + j (SP = next power of two >= S+1). ``tl.dot`` needs
+power-of-two widths, so the tile is two parts: A, classes 0 .. KA-1 (CPA = KA*SP columns), and B,
+classes KA .. KA+KB-1 (CPB = KB*SP), LD = CPA + CPB columns in all; K = 19 is 16 + 3 (padded to 4),
+80 columns where one part would need 128. Every channel mixing is four block dots (:func:`_mix`);
+without a second part (``HAS_B`` False) part B is zeros that no dot reads. Each part reshaped to
+(BLOCK, classes, SP) holds each class's S+1 weights on the last axis, where the fusion and the
+softmax reduce. The host pads every parameter into this layout with zeros; the padding channels
+stay exactly 0 (zero weights, zero gamma/beta/mean), so they never touch a real channel.
 
 Pixel tiles (mode "deconv", transposed convolution of kernel 2s, stride s, padding p): output pixel
 (Y, X) has phase (phi, psi) = ((Y+p) % s, (X+p) % s) and reads z[t0 - a, u0 - b] (t0 = (Y+p) // s,
 u0 = (X+p) // s, a, b in {0, 1}) through tap W[:, :, phi + a*s, psi + b*s]. A tile holds pixels of one
-phase psi (X = u*s + psi - p for BLOCK consecutive u), so each tap is one (CP, CP) matrix for the
+phase psi (X = u*s + psi - p for BLOCK consecutive u), so each tap is one (LD, LD) matrix for the
 whole tile. Pixels outside [0, W) are masked out of every reduction and store.
 
 Precision: every element-wise step and every accumulation is float32 (float64 for float64 inputs:
