@@ -148,59 +148,34 @@ def test_create_model_switch_and_errors():
 
 def test_op_rejects_bad_shapes_and_geometry():
     c = K * 4
-    side5, sides = torch.randn(2, K, 8, 8), torch.randn(2, 3, 8, 8)
     bn = BatchNormState(None, None, torch.zeros(c), torch.ones(c))
-    mats = (torch.randn(c, c), torch.randn(c, c)), (torch.zeros(c), torch.zeros(c))
-    w = torch.randn(c, c, 4, 4)
+
+    def call(low_shape=(2, c, 4, 4), out_size=(8, 8), norm=bn, batch_stats=True, backend="auto"):
+        return fused_learner_fuse(
+            torch.randn(*low_shape),
+            torch.randn(c, c, 4, 4),
+            torch.zeros(c),
+            (torch.randn(c, c), torch.randn(c, c)),
+            (torch.zeros(c), torch.zeros(c)),
+            (norm,) * 3,
+            torch.randn(2, K, 8, 8),
+            torch.randn(2, 3, 8, 8),
+            UpsampleGeometry("deconv", out_size, 2, 1),
+            batch_stats=batch_stats,
+            backend=backend,
+        )
+
+    call()  # the valid call the others vary
     with pytest.raises(ValueError, match="low must be"):
-        fused_learner_fuse(
-            torch.randn(2, c + 1, 4, 4),
-            w,
-            torch.zeros(c),
-            *mats,
-            (bn,) * 3,
-            side5,
-            sides,
-            UpsampleGeometry("deconv", (8, 8), 2, 1),
-            batch_stats=True,
-        )
+        call(low_shape=(2, c + 1, 4, 4))
     with pytest.raises(ValueError, match="smaller than the output size"):
-        fused_learner_fuse(
-            torch.randn(2, c, 3, 4),
-            w,
-            torch.zeros(c),
-            *mats,
-            (bn,) * 3,
-            side5,
-            sides,
-            UpsampleGeometry("deconv", (8, 8), 2, 1),
-            batch_stats=True,
-        )
+        call(low_shape=(2, c, 3, 4))
     with pytest.raises(ValueError, match="out_size"):
-        fused_learner_fuse(
-            torch.randn(2, c, 4, 4),
-            w,
-            torch.zeros(c),
-            *mats,
-            (bn,) * 3,
-            side5,
-            sides,
-            UpsampleGeometry("deconv", (9, 8), 2, 1),
-            batch_stats=True,
-        )
-    no_running = BatchNormState(None, None, None, None)
+        call(out_size=(9, 8))
     with pytest.raises(ValueError, match="running statistics"):
-        fused_learner_fuse(
-            torch.randn(2, c, 4, 4),
-            w,
-            torch.zeros(c),
-            *mats,
-            (no_running,) * 3,
-            side5,
-            sides,
-            UpsampleGeometry("deconv", (8, 8), 2, 1),
-            batch_stats=False,
-        )
+        call(norm=BatchNormState(None, None, None, None), batch_stats=False)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        call(backend="cuda")
 
 
 def test_tiny_model_training_step_float32():
