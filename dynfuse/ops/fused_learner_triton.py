@@ -21,6 +21,7 @@ has not yet been compiled and timed on a GPU, so ``backend="auto"`` still picks 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -322,19 +323,11 @@ class TritonLearnerPasses(LearnerPasses):
 
     split: bool | None = None
 
-    def __init__(
-        self,
-        p: _Params,
-        geo: UpsampleGeometry,
-        rows: int,
-        side5: torch.Tensor,
-        sides: torch.Tensor,
-        activation: str | None,
-    ) -> None:
-        super().__init__(p, geo, rows, side5, sides, activation)
-        self.ki = _kernel_inputs(
-            p, geo, side5.shape[1], sides.shape[1] + 1, _dot_mode(side5.dtype), self.split
-        )
+    @cached_property
+    def ki(self) -> _KernelInputs:
+        """The parameters in the kernel's layout (built once, on the first pass)."""
+        k, s_plus_1 = self.side5.shape[1], self.sides.shape[1] + 1
+        return _kernel_inputs(self.p, self.geo, k, s_plus_1, _dot_mode(self.side5.dtype), self.split)
 
     def set_statistics(self, layer: int, mean: torch.Tensor, invstd: torch.Tensor) -> None:
         super().set_statistics(layer, mean, invstd)
